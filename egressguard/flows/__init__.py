@@ -1,0 +1,4 @@
+"""Flow stage: PACKET rows -> bidirectional flow records with bounded memory."""
+from egressguard.flows.table import FlowBatch, FlowSettings, FlowTable
+
+__all__ = ["FlowBatch", "FlowSettings", "FlowTable"]

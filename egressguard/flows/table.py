@@ -1,0 +1,218 @@
+"""FlowTable: the Python face of the flow kernels. It validates input, owns the arrays and hands out finished flows.
+
+Memory is fixed at construction: `capacity` flow records plus `payload_slots` payload slots; nothing grows later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from egressguard.flows import kernels
+from egressguard.schema import FLOW_DTYPE, PACKET_DTYPE, EndReason
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Limits and timeouts of the flow table.
+
+    Defaults: TCP idle 300 s as Zeek's tcp_inactivity_timeout, other protocols 60 s (Zeek udp/icmp inactivity),
+    active timeout 3600 s; payload keeping of 4 packets / 2 KiB per direction holds an SSH banner with its KEXINIT,
+    a TLS ClientHello or the first Stratum messages.
+    """
+
+    capacity: int = 1 << 18
+    payload_slots: int = 1 << 15
+    keep_packets: int = 4
+    keep_bytes: int = 2048
+    sequence_length: int = 64
+    tcp_idle_s: float = 300.0
+    other_idle_s: float = 60.0
+    active_s: float = 3600.0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when a value is out of range."""
+        if not 1 <= self.capacity <= 1 << 28:
+            raise ValueError(f"flow capacity must be 1..{1 << 28}, got {self.capacity}")
+        if not 0 <= self.payload_slots <= self.capacity:
+            raise ValueError(f"payload slots must be 0..capacity ({self.capacity}), got {self.payload_slots}")
+        if not 1 <= self.keep_packets <= 255:
+            raise ValueError(f"kept packets per direction must be 1..255, got {self.keep_packets}")
+        if not 16 <= self.keep_bytes <= 65536:
+            raise ValueError(f"kept bytes per direction must be 16..65536, got {self.keep_bytes}")
+        if not 0 <= self.sequence_length <= 65535:
+            raise ValueError(f"sequence length must be 0..65535, got {self.sequence_length}")
+        for name in ("tcp_idle_s", "other_idle_s", "active_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.tcp_idle_s == 0 or self.other_idle_s == 0:
+            raise ValueError("idle timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class FlowBatch:
+    """Finished (or snapshot) flow records and read access to the payload each one kept.
+
+    `records` is a FLOW array; `table` is the owning table, valid until `FlowTable.release(batch)`.
+    """
+
+    records: np.ndarray
+    table: "FlowTable"
+
+    def kept_payload(self, row: int, direction: int) -> list[bytes]:
+        """The kept payload pieces of one direction (0 orig, 1 resp) of records[row], one bytes per packet."""
+        return self.table.kept_payload(int(self.records[row]["slot"]), direction)
+
+    def kept_stream(self, row: int, direction: int) -> bytes:
+        """The kept payload of one direction as one byte string (packets concatenated)."""
+        return b"".join(self.kept_payload(row, direction))
+
+    def early_sequence(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(signed payload sizes: + orig / - resp, microseconds since first_seen) of the early payload packets."""
+        rec = self.records[row]
+        return self.table.early_sequence(int(rec["slot"]), int(rec["seq_count"]))
+
+
+class FlowTable:
+    """Bidirectional flow aggregation with bounded memory.
+
+    Args:
+        settings: FlowSettings (validated here).
+    """
+
+    def __init__(self, settings: FlowSettings = FlowSettings(), out_size: int = 1 << 15):
+        settings.validate()
+        self.settings = settings
+        cap = settings.capacity
+        index_size = 1 << max(4, int(2 * cap - 1).bit_length())  # load factor <= 0.5
+        slots = settings.payload_slots
+        params = np.zeros(kernels.PARAMS_SIZE, np.int64)
+        params[kernels.P_TCP_IDLE_NS] = int(settings.tcp_idle_s * 1e9)
+        params[kernels.P_OTHER_IDLE_NS] = int(settings.other_idle_s * 1e9)
+        params[kernels.P_ACTIVE_NS] = int(settings.active_s * 1e9)
+        meta = np.zeros(kernels.META_SIZE, np.int64)
+        meta[kernels.M_HEAD] = meta[kernels.M_TAIL] = -1
+        meta[kernels.M_FREE_TOP] = cap
+        meta[kernels.M_SLOT_FREE_TOP] = slots
+        self.t = kernels.TableArrays(
+            records=np.zeros(cap, FLOW_DTYPE),
+            used=np.zeros(cap, np.uint8),
+            index=np.full(index_size, -1, np.int32),
+            lru_prev=np.full(cap, -1, np.int32),
+            lru_next=np.full(cap, -1, np.int32),
+            free=np.arange(cap - 1, -1, -1, dtype=np.int32),
+            meta=meta,
+            params=params,
+            slot_free=np.arange(slots - 1, -1, -1, dtype=np.int32),
+            keep_data=np.zeros((slots, 2, settings.keep_bytes), np.uint8),
+            keep_len=np.zeros((slots, 2, settings.keep_packets), np.uint32),
+            keep_cap=np.zeros((slots, 2, settings.keep_packets), np.uint16),
+            keep_count=np.zeros((slots, 2), np.uint8),
+            keep_fill=np.zeros((slots, 2), np.uint32),
+            seq_size=np.zeros((slots, settings.sequence_length), np.int32),
+            seq_dt_us=np.zeros((slots, settings.sequence_length), np.uint32),
+        )
+        self._out = np.zeros(max(out_size, 2), FLOW_DTYPE)
+
+    # ---- counters
+    @property
+    def live(self) -> int:
+        return int(self.t.meta[kernels.M_LIVE])
+
+    @property
+    def evictions(self) -> int:
+        return int(self.t.meta[kernels.M_EVICTIONS])
+
+    @property
+    def slot_denied(self) -> int:
+        return int(self.t.meta[kernels.M_SLOT_DENIED])
+
+    @property
+    def skipped_packets(self) -> int:
+        return int(self.t.meta[kernels.M_SKIPPED])
+
+    @property
+    def created(self) -> int:
+        return int(self.t.meta[kernels.M_CREATED])
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the table's arrays (fixed at construction)."""
+        return sum(a.nbytes for a in self.t) + self._out.nbytes
+
+    # ---- aggregation
+    def update(self, packets: np.ndarray, buf: np.ndarray) -> Iterator[FlowBatch]:
+        """Aggregate a PACKET array whose payload offsets point into `buf`; yield batches of finished flows.
+
+        Each yielded batch must be consumed (and released, or it is released when the next one is requested)
+        before iteration continues.
+        """
+        if packets.dtype != PACKET_DTYPE:
+            raise TypeError(f"packets must have PACKET_DTYPE, got {packets.dtype}")
+        if buf.dtype != np.uint8 or buf.ndim != 1:
+            raise TypeError("buf must be a 1-D uint8 array")
+        start = 0
+        while start < len(packets):
+            start, n_out = kernels.update_table(self.t, buf, packets, start, self._out)
+            if n_out:
+                yield from self._hand_out(n_out)
+
+    def expire(self, now_ns: int) -> Iterator[FlowBatch]:
+        """Emit flows idle past their timeout at `now_ns`."""
+        while True:
+            n_out = kernels.expire_idle(self.t, np.int64(now_ns), self._out)
+            if not n_out:
+                return
+            yield from self._hand_out(n_out)
+
+    def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> Iterator[FlowBatch]:
+        """Emit every live flow with the given end reason, leaving the table empty."""
+        while True:
+            n_out = kernels.flush_table(self.t, int(reason), self._out)
+            if not n_out:
+                return
+            yield from self._hand_out(n_out)
+
+    def snapshot(self) -> FlowBatch:
+        """The live flows as they are now (copies; their payload slots stay owned by the table)."""
+        rows = self.t.records[self.t.used.astype(bool)].copy()
+        rows["end_reason"] = int(EndReason.ACTIVE)
+        return FlowBatch(rows, self)
+
+    def _hand_out(self, n_out: int) -> Iterator[FlowBatch]:
+        batch = FlowBatch(self._out[:n_out].copy(), self)
+        try:
+            yield batch
+        finally:
+            self.release(batch)
+
+    def release(self, batch: FlowBatch) -> None:
+        """Return the payload slots of emitted records to the pool (idempotent per batch)."""
+        slots = batch.records["slot"]
+        if (slots >= 0).any():
+            kernels.release_slots(self.t, slots.astype(np.int32))
+            batch.records["slot"] = -1
+
+    # ---- payload access
+    def kept_payload(self, slot: int, direction: int) -> list[bytes]:
+        if slot < 0:
+            return []
+        t = self.t
+        count = int(t.keep_count[slot, direction])
+        pieces, at = [], 0
+        for k in range(count):
+            n = int(t.keep_cap[slot, direction, k])
+            pieces.append(t.keep_data[slot, direction, at:at + n].tobytes())
+            at += n
+        return pieces
+
+    def kept_lengths(self, slot: int, direction: int) -> np.ndarray:
+        """L4 payload length of each kept packet of one direction (what the wire carried, not what was kept)."""
+        if slot < 0:
+            return np.zeros(0, np.uint32)
+        return self.t.keep_len[slot, direction, :int(self.t.keep_count[slot, direction])].copy()
+
+    def early_sequence(self, slot: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if slot < 0:
+            return np.zeros(0, np.int32), np.zeros(0, np.uint32)
+        return self.t.seq_size[slot, :count].copy(), self.t.seq_dt_us[slot, :count].copy()

@@ -1,0 +1,164 @@
+"""Data contracts shared by every stage: record dtypes, flag values and link types.
+
+Each dtype is declared once, as ``(name, numpy type, meaning)`` rows (dpkt's ``__hdr__`` style), so the
+documentation and the layout cannot drift apart. Kernels receive arrays of these dtypes and only numbers.
+"""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+def _dtype(fields: tuple[tuple[str, str, str], ...]) -> np.dtype:
+    return np.dtype([(name, kind) for name, kind, _ in fields])
+
+
+# One captured frame as found by a capture reader: where its bytes sit in the chunk buffer.
+FRAME_FIELDS = (
+    ("offset", "i8", "offset of the frame's first byte in the chunk buffer"),
+    ("caplen", "u4", "bytes captured"),
+    ("wirelen", "u4", "frame length on the wire"),
+    ("ts_ns", "i8", "capture time, ns since the Unix epoch"),
+    ("linktype", "u2", "LINKTYPE_* of the frame's interface"),
+    ("iface", "u2", "capture interface index (pcapng IDB order in the section, live socket order)"),
+)
+FRAME_DTYPE = _dtype(FRAME_FIELDS)
+
+# One decoded packet. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) so one layout serves both families.
+PACKET_FIELDS = (
+    ("ts_ns", "i8", "capture time, ns since the Unix epoch"),
+    ("src_hi", "u8", "source address, high 64 bits"),
+    ("src_lo", "u8", "source address, low 64 bits"),
+    ("dst_hi", "u8", "destination address, high 64 bits"),
+    ("dst_lo", "u8", "destination address, low 64 bits"),
+    ("src_mac", "u8", "source MAC address in the low 48 bits, 0 when the link has none"),
+    ("dst_mac", "u8", "destination MAC address in the low 48 bits, 0 when the link has none"),
+    ("tcp_seq", "u4", "TCP sequence number, 0 unless TCP"),
+    ("wire_bytes", "u4", "frame length on the wire"),
+    ("payload_bytes", "u4", "L4 payload length according to the IP/L4 headers"),
+    ("payload_offset", "u4", "offset of the first payload byte in the chunk buffer"),
+    ("payload_caplen", "u4", "payload bytes actually captured (<= payload_bytes)"),
+    ("sport", "u2", "source port; ICMP type for ICMP (Community ID convention)"),
+    ("dport", "u2", "destination port; ICMP code or counterpart type for ICMP (Community ID convention)"),
+    ("vlan", "u2", "outermost 802.1Q/802.1ad VLAN id, 0 if untagged"),
+    ("iface", "u2", "capture interface index"),
+    ("proto", "u1", "IP protocol number"),
+    ("tcp_flags", "u1", "TCP flag byte, 0 unless TCP"),
+    ("status", "u1", "PacketStatus bits"),
+    ("ip_version", "u1", "4 or 6; 0 when no IP header was decoded"),
+)
+PACKET_DTYPE = _dtype(PACKET_FIELDS)
+
+
+class PacketStatus(enum.IntFlag):
+    """Per-packet decode status bits (PACKET.status)."""
+
+    OK = 0
+    SNAPLEN_CUT = 1  # caplen < wirelen: the capture cut the frame
+    NOT_IP = 2  # an intact frame that carries no IP (ARP, LLDP, ...): counted, not a flow
+    UNDECODABLE = 4  # a header is too short or inconsistent: counted, not a flow
+    FRAGMENT = 8  # an IP fragment (first or later)
+    LATER_FRAGMENT = 16  # a non-first fragment: ports unknown unless the first fragment was seen
+    HEADERS_CUT = 32  # the capture cut inside the IP/L4 headers: addresses or ports missing
+
+
+# Bidirectional flow record, as the flow table keeps it. `orig` opened the flow (sent the SYN, else the
+# first packet seen); `resp` is the other side. Per-direction groups use the prefixes orig_/resp_.
+_DIRECTION_FIELDS = (
+    ("pkts", "u8", "packets sent"),
+    ("bytes", "u8", "frame bytes on the wire"),
+    ("payload_bytes", "u8", "L4 payload bytes"),
+    ("payload_pkts", "u4", "packets with L4 payload"),
+    ("bare_acks", "u4", "TCP segments with ACK set, no payload and no SYN/FIN/RST"),
+    ("retransmits", "u4", "TCP payload segments that repeat already-seen sequence space"),
+    ("tcp_flags", "u1", "OR of all TCP flag bytes"),
+    ("payload_min", "u2", "smallest non-zero payload (capped at 65535)"),
+    ("payload_max", "u2", "largest payload (capped at 65535)"),
+    ("payload_mean", "f8", "mean payload size of payload packets (Welford)"),
+    ("payload_m2", "f8", "sum of squared deviations of payload size (Welford M2)"),
+    ("iat_mean", "f8", "mean inter-arrival time of packets in this direction, seconds (Welford)"),
+    ("iat_m2", "f8", "sum of squared deviations of the inter-arrival time (Welford M2)"),
+    ("last_ns", "i8", "time of the last packet in this direction, 0 if none"),
+    ("next_seq", "u4", "next expected TCP sequence number (for retransmission detection)"),
+)
+
+FLOW_FIELDS = (
+    ("key_hash", "u8", "hash of the canonical 5-tuple"),
+    ("orig_hi", "u8", "originator address, high 64 bits"),
+    ("orig_lo", "u8", "originator address, low 64 bits"),
+    ("resp_hi", "u8", "responder address, high 64 bits"),
+    ("resp_lo", "u8", "responder address, low 64 bits"),
+    ("orig_mac", "u8", "originator MAC (low 48 bits) of the first packet it sent, 0 if unknown"),
+    ("resp_mac", "u8", "responder MAC (low 48 bits) of the first packet it sent, 0 if unknown"),
+    ("first_seen_ns", "i8", "time of the first packet, ns since the Unix epoch"),
+    ("last_seen_ns", "i8", "time of the last packet, ns since the Unix epoch"),
+    ("orig_port", "u2", "originator port (ICMP: type)"),
+    ("resp_port", "u2", "responder port (ICMP: code or counterpart type)"),
+    ("vlan", "u2", "VLAN id of the first packet"),
+    ("iface", "u2", "capture interface of the first packet"),
+    ("proto", "u1", "IP protocol number"),
+    ("ip_version", "u1", "4 or 6"),
+    ("flow_flags", "u1", "FlowFlag bits"),
+    ("end_reason", "u1", "EndReason of the emitted record"),
+    ("fragments", "u4", "IP fragments counted in this flow"),
+    ("slot", "i4", "payload slot index, -1 when the flow kept no payload"),
+    ("seq_count", "u2", "entries used in the slot's early-packet sequence"),
+) + tuple(("orig_" + n, k, "originator: " + d) for n, k, d in _DIRECTION_FIELDS) + tuple(
+    ("resp_" + n, k, "responder: " + d) for n, k, d in _DIRECTION_FIELDS
+)
+FLOW_DTYPE = _dtype(FLOW_FIELDS)
+
+
+class FlowFlag(enum.IntFlag):
+    """Per-flow fact bits (FLOW.flow_flags)."""
+
+    NONE = 0
+    SAW_SYN = 1  # a bare SYN opened the flow: orig/resp roles are certain
+    SLOT_DENIED = 2  # the flow carried payload but the payload pool was full
+    CONTINUED = 4  # the flow was split by the active timeout; an earlier record covers its start
+    PORT_REUSE = 8  # a new SYN on a closed 5-tuple started this flow
+
+
+class EndReason(enum.IntEnum):
+    """Why a flow record was emitted."""
+
+    ACTIVE = 0  # still open (snapshot)
+    IDLE = 1  # no packet for the idle timeout
+    ACTIVE_TIMEOUT = 2  # open longer than the active timeout; the flow goes on in a new record
+    EVICTED = 3  # the table was full and this was the oldest idle flow
+    END_OF_INPUT = 4  # the capture ended
+    PORT_REUSE = 5  # a new SYN arrived on a 5-tuple whose connection had closed
+
+
+class Direction(enum.IntEnum):
+    """Index of a flow direction."""
+
+    ORIG = 0
+    RESP = 1
+
+
+class LinkType(enum.IntEnum):
+    """LINKTYPE_* values the decoder understands (tcpdump.org/linktypes.html)."""
+
+    NULL = 0  # BSD loopback, host byte order family
+    ETHERNET = 1
+    RAW_BSD12 = 12  # DLT_RAW on some BSDs
+    RAW_BSD14 = 14  # DLT_RAW on OpenBSD
+    RAW = 101
+    LOOP = 108  # OpenBSD loopback, network byte order family
+    LINUX_SLL = 113
+    IPV4 = 228
+    IPV6 = 229
+    LINUX_SLL2 = 276
+
+
+SUPPORTED_LINKTYPES = frozenset(int(v) for v in LinkType)
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
+
+
+def proto_name(proto: int) -> str | int:
+    """The protocol's name for output (``tcp``, ``udp``, ``icmp``, ``icmpv6``) or its number."""
+    return PROTO_NAMES.get(int(proto), int(proto))
