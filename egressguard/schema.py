@@ -6,6 +6,7 @@ documentation and the layout cannot drift apart. Kernels receive arrays of these
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -162,3 +163,28 @@ PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 def proto_name(proto: int) -> str | int:
     """The protocol's name for output (``tcp``, ``udp``, ``icmp``, ``icmpv6``) or its number."""
     return PROTO_NAMES.get(int(proto), int(proto))
+
+
+@dataclass(frozen=True)
+class CaptureSummary:
+    """What one capture contained and what analysing it cost; `complete` is False when reading stopped early."""
+
+    capture: str
+    format: str
+    compression: str
+    packets: int
+    wire_bytes: int
+    captured_bytes: int
+    flows: int
+    snaplen_cut: int
+    headers_cut: int
+    undecodable: int
+    not_ip: int
+    fragments: int
+    first_ns: int
+    last_ns: int
+    link_types: frozenset[int]
+    evictions: int
+    slot_denied: int
+    complete: bool
+    warnings: tuple[str, ...] = ()

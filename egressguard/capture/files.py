@@ -60,6 +60,7 @@ class CaptureStats:
     frames: int = 0
     warnings: list[str] = field(default_factory=list)
     linktypes: set[int] = field(default_factory=set)
+    complete: bool = True  # False when reading stopped before the end of the input (truncation, corruption)
 
 
 class _PrefixedStream(io.RawIOBase):
@@ -208,6 +209,7 @@ class CaptureFile:
                 return
 
     def _warn_corrupt(self, reader: "_ChunkReader", pos: int) -> None:
+        self.stats.complete = False
         self.stats.warnings.append(
             f"{self.name}: impossible record length at byte {reader.base + pos}; the rest of the file "
             f"({reader.total_after(pos)} bytes read after it) was not decoded")
@@ -267,6 +269,7 @@ class _ChunkReader:
             try:
                 n = self.stream.readinto(view[self.filled:])
             except _STREAM_ERRORS as exc:
+                self.stats.complete = False
                 self.stats.warnings.append(f"{self.name}: {self.stats.compression or 'input'} stream ends early or "
                                            f"is corrupt ({exc}); everything before that point was analysed")
                 self.eof = True
@@ -284,6 +287,7 @@ class _ChunkReader:
         """Drop the consumed bytes before `pos`, read more; return the new position or -1 at the end of input."""
         if self.eof:
             if pos < self.filled:
+                self.stats.complete = False
                 self.stats.warnings.append(
                     f"{self.name}: capture is truncated: the last record (at byte {self.base + pos}) is incomplete "
                     f"({self.filled - pos} bytes); everything before it was analysed")
@@ -291,6 +295,7 @@ class _ChunkReader:
         rest = self.filled - pos
         if pos == 0 and rest == len(self.buf):
             if len(self.buf) >= 2 * records.MAX_BLOCK:
+                self.stats.complete = False
                 self.stats.warnings.append(f"{self.name}: record at byte {self.base} is larger than "
                                            f"{records.MAX_BLOCK} bytes; stopped reading")
                 return -1

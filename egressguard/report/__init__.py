@@ -1,0 +1,1 @@
+"""Report stage: events -> JSON lines or readable tables."""

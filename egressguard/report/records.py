@@ -1,0 +1,128 @@
+"""Output records: flow and summary records as plain dicts (the JSONL contract), Community ID, address text.
+
+Field names here are the stable output contract documented in README.md; add fields, never rename them.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+
+from egressguard.schema import EndReason, FlowFlag, CaptureSummary, proto_name
+
+_IPV4_MAPPED = 0xFFFF << 32
+# ICMP types that Community ID v1 treats as one-way (no request/reply counterpart): these are never reordered.
+_ICMP_TWO_WAY = {1: {8, 0, 13, 14, 15, 16, 10, 9, 17, 18}, 58: {128, 129, 133, 134, 135, 136, 130, 131, 139, 140, 144, 145}}
+
+
+def address_bytes(hi: int, lo: int, ip_version: int) -> bytes:
+    """Network-order bytes of an address stored as (hi, lo): 4 bytes for IPv4, 16 for IPv6."""
+    if ip_version == 4:
+        return struct.pack("!I", lo & 0xFFFFFFFF)
+    return struct.pack("!QQ", hi, lo)
+
+
+def format_address(hi: int, lo: int, ip_version: int) -> str:
+    """Text form of an address stored as (hi, lo)."""
+    if ip_version == 4:
+        return socket.inet_ntoa(struct.pack("!I", lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, seed: int = 0) -> str:
+    """Community ID v1 of a flow (github.com/corelight/community-id-spec): base64 SHA-1 over the ordered tuple.
+
+    For ICMP, sport/dport are the type and counterpart type or code, as the decoder stores them."""
+    one_way = proto in _ICMP_TWO_WAY and sport not in _ICMP_TWO_WAY[proto]
+    if not one_way and (src, sport) > (dst, dport):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
+    if proto in (1, 6, 17, 58, 132):
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+
+
+def _seconds(ns: int) -> float:
+    return round(ns / 1e9, 6)
+
+
+def flow_fields(rec: np.void) -> dict[str, Any]:
+    """The flow fields shared by flow and finding records; `src` is always the originator."""
+    v = int(rec["ip_version"])
+    return {
+        "src_ip": format_address(int(rec["orig_hi"]), int(rec["orig_lo"]), v),
+        "src_port": int(rec["orig_port"]),
+        "dst_ip": format_address(int(rec["resp_hi"]), int(rec["resp_lo"]), v),
+        "dst_port": int(rec["resp_port"]),
+        "proto": proto_name(int(rec["proto"])),
+        "first_seen": _seconds(int(rec["first_seen_ns"])),
+        "last_seen": _seconds(int(rec["last_seen_ns"])),
+    }
+
+
+def _mac(value: int) -> str | None:
+    if not value:
+        return None
+    return ":".join(f"{b:02x}" for b in int(value).to_bytes(6, "big"))
+
+
+def flow_record(rec: np.void, capture: str) -> dict[str, Any]:
+    """One `{"type": "flow", ...}` record."""
+    v = int(rec["ip_version"])
+    out: dict[str, Any] = {"type": "flow", "capture": capture}
+    out.update(flow_fields(rec))
+    out["duration"] = round((int(rec["last_seen_ns"]) - int(rec["first_seen_ns"])) / 1e9, 6)
+    for side, prefix in (("src", "orig_"), ("dst", "resp_")):
+        out[f"{side}_pkts"] = int(rec[prefix + "pkts"])
+        out[f"{side}_bytes"] = int(rec[prefix + "bytes"])
+        out[f"{side}_payload_bytes"] = int(rec[prefix + "payload_bytes"])
+    out["community_id"] = community_id(
+        address_bytes(int(rec["orig_hi"]), int(rec["orig_lo"]), v),
+        address_bytes(int(rec["resp_hi"]), int(rec["resp_lo"]), v),
+        int(rec["proto"]), int(rec["orig_port"]), int(rec["resp_port"]))
+    out["ip_version"] = v
+    out["vlan"] = int(rec["vlan"]) or None
+    out["src_mac"] = _mac(int(rec["orig_mac"]))
+    out["dst_mac"] = _mac(int(rec["resp_mac"]))
+    flags = FlowFlag(int(rec["flow_flags"]))
+    out["roles_certain"] = bool(flags & FlowFlag.SAW_SYN)
+    out["continued"] = bool(flags & FlowFlag.CONTINUED)
+    out["end_reason"] = EndReason(int(rec["end_reason"])).name.lower()
+    if int(rec["proto"]) == 6:
+        out["src_retransmits"] = int(rec["orig_retransmits"])
+        out["dst_retransmits"] = int(rec["resp_retransmits"])
+    return out
+
+
+def summary_record(summary: CaptureSummary) -> dict[str, Any]:
+    """One `{"type": "summary", ...}` record per capture."""
+    first = _seconds(summary.first_ns) if summary.packets else None
+    last = _seconds(summary.last_ns) if summary.packets else None
+    return {
+        "type": "summary",
+        "capture": summary.capture,
+        "format": summary.format,
+        "compression": summary.compression or None,
+        "packets": summary.packets,
+        "bytes": summary.wire_bytes,
+        "captured_bytes": summary.captured_bytes,
+        "flows": summary.flows,
+        "truncated": summary.snaplen_cut,
+        "headers_cut": summary.headers_cut,
+        "undecodable": summary.undecodable,
+        "not_ip": summary.not_ip,
+        "fragments": summary.fragments,
+        "first_seen": first,
+        "last_seen": last,
+        "duration": round((summary.last_ns - summary.first_ns) / 1e9, 6) if summary.packets else 0.0,
+        "link_types": sorted(summary.link_types),
+        "evictions": summary.evictions,
+        "payload_slots_exhausted": summary.slot_denied,
+        "file_complete": summary.complete,
+        "warnings": list(summary.warnings),
+    }
