@@ -54,8 +54,10 @@ class Lab:
 
     def run(self, ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
         """Run a command inside namespace `ns` (argument list, never a shell string)."""
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout,
-                              capture_output=True, text=True, **kw)
+        proc = subprocess.run(["ip", "netns", "exec", ns, *cmd], timeout=timeout, capture_output=True, text=True, **kw)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"lab: {' '.join(cmd[:3])}... in {ns} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return proc
 
     def popen(self, ns: str, *cmd: str, **kw) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
@@ -233,6 +235,234 @@ def benign_web(lab: Lab) -> list[Label]:
             (SANDBOX_IP, f"{OUTSIDE_IP}:53", "benign", "DNS A lookups answered by a scripted resolver")]
 
 
+# ----------------------------------------------------------------------------------------------- SSH helpers
+SSHD_CONFIG = """Port 22
+Port 443
+ListenAddress 0.0.0.0
+HostKey {wd}/host_ed25519
+PidFile {wd}/sshd-{name}.pid
+AuthorizedKeysFile {wd}/authorized_keys
+PermitRootLogin yes
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowTcpForwarding yes
+PrintMotd no
+Subsystem sftp internal-sftp
+"""
+
+
+def _ssh_keys(lab: Lab) -> Path:
+    """A host key and a client key in the lab's work dir (created once per lab)."""
+    key = lab.workdir / "client_ed25519"
+    if not key.exists():
+        for path in (key, lab.workdir / "host_ed25519"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+        (lab.workdir / "authorized_keys").write_text((lab.workdir / "client_ed25519.pub").read_text())
+        os.chmod(lab.workdir, 0o755)
+    return key
+
+
+@contextlib.contextmanager
+def sshd(lab: Lab, ns: str) -> Iterator[None]:
+    """Real OpenSSH sshd in namespace ns, listening on ports 22 and 443."""
+    _ssh_keys(lab)
+    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    cfg = lab.workdir / f"sshd-{ns}.conf"
+    cfg.write_text(SSHD_CONFIG.format(wd=lab.workdir, name=ns))
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    with background(lab, ns, sshd_bin, "-D", "-e", "-f", str(cfg), ready_port=22):
+        _wait_listening(lab, ns, 443)
+        yield
+
+
+def ssh_args(lab: Lab, *extra: str, program: str = "ssh") -> list[str]:
+    key = _ssh_keys(lab)
+    return [program, "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", *extra]
+
+
+def type_into(lab: Lab, ns: str, argv: list[str], lines: list[str], seed: int = 1) -> None:
+    """Run argv in ns on a pseudo-terminal and type `lines` with human-like timing (80-260 ms per key)."""
+    import pty
+    import random
+    import select
+    import threading
+
+    rng = random.Random(seed)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    if not os.read(master, 65536):
+                        return
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    time.sleep(2.5)  # let the login finish
+    for line in lines:
+        for ch in line:
+            os.write(master, ch.encode())
+            time.sleep(rng.uniform(0.08, 0.26))
+        time.sleep(rng.uniform(0.6, 1.5))  # reading the output
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    done.set()
+    reader.join(timeout=2)
+    os.close(master)
+
+
+PY_HTTP_FETCH = """
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(count):
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(b"GET /file.bin HTTP/1.0\\r\\nHost: internal\\r\\n\\r\\n")
+    n = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    s.close()
+    assert n > 1000, n
+    time.sleep(1.5)
+"""
+
+PY_SOCKS_FETCH = """
+import socket, struct, sys, time
+proxy_port, target_host, target_port, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for i in range(count):
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    s.sendall(b"\\x05\\x01\\x00")  # SOCKS5, one method: no authentication (RFC 1928)
+    assert s.recv(2) == b"\\x05\\x00"
+    s.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(target_host)]) + target_host.encode() + struct.pack("!H", target_port))
+    assert s.recv(10)[1] == 0
+    s.sendall(b"GET /file.bin HTTP/1.0\\r\\nHost: internal\\r\\n\\r\\n")
+    while s.recv(65536):
+        pass
+    s.close()
+    time.sleep(1.5)
+"""
+
+
+def _web_root(lab: Lab, size: int = 30 * 1024) -> Path:
+    www = lab.workdir / "www"
+    www.mkdir(exist_ok=True)
+    (www / "file.bin").write_bytes((bytes(range(256)) * (size // 256 + 1))[:size])
+    return www
+
+
+@contextlib.contextmanager
+def ssh_client(lab: Lab, ns: str, *args: str, program: str = "ssh", settle: float = 2.0) -> Iterator[None]:
+    """A long-running ssh/autossh client (e.g. -N -R) in ns, stopped on exit."""
+    env = dict(os.environ, AUTOSSH_GATETIME="0", AUTOSSH_POLL="30")
+    proc = lab.popen(ns, *ssh_args(lab, *args, program=program), stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, env=env)
+    try:
+        time.sleep(settle)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{program} exited early with {proc.returncode}")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+SHELL_LINES = ["uname -a\r", "ls -la /etc | head\r", "cat /etc/hostname\r", "id\r", "exit\r"]
+
+
+@scenario
+def ssh_reverse_shell(lab: Lab) -> list[Label]:
+    """ssh -N -R to the outside host on port 443; the outside then logs in to the sandbox through the tunnel."""
+    with sshd(lab, lab.out), sshd(lab, lab.sbx), \
+            ssh_client(lab, lab.sbx, "-N", "-p", "443", "-R", "2222:127.0.0.1:22", f"root@{OUTSIDE_IP}"):
+        type_into(lab, lab.out, ssh_args(lab, "-tt", "-p", "2222", "root@127.0.0.1"), SHELL_LINES, seed=2)
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:443", "reverse_ssh_tunnel", "ssh -N -R on 443, interactive shell back in")]
+
+
+@scenario
+def ssh_reverse_idle(lab: Lab) -> list[Label]:
+    """ssh -N -R with ServerAliveInterval=2 left idle: keepalives only, nothing comes back through it."""
+    with sshd(lab, lab.out), \
+            ssh_client(lab, lab.sbx, "-N", "-o", "ServerAliveInterval=2", "-R", "8022:127.0.0.1:22",
+                       f"root@{OUTSIDE_IP}", settle=16):
+        pass
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "reverse_ssh_tunnel", "ssh -N -R idle with keepalives every 2 s")]
+
+
+@scenario
+def autossh_reverse_http(lab: Lab) -> list[Label]:
+    """autossh -M 0 -N -R exposes the sandbox's web server; the outside fetches pages through the tunnel."""
+    www = _web_root(lab)
+    with sshd(lab, lab.out), \
+            background(lab, lab.sbx, sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1",
+                       "--directory", str(www), ready_port=8000), \
+            ssh_client(lab, lab.sbx, "-M", "0", "-N", "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3",
+                       "-R", "9000:127.0.0.1:8000", f"root@{OUTSIDE_IP}", program="autossh", settle=3):
+        lab.run(lab.out, sys.executable, "-c", PY_HTTP_FETCH, "127.0.0.1", "9000", "5")
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "reverse_ssh_tunnel", "autossh -M 0 -N -R, 5 HTTP fetches back in")]
+
+
+@scenario
+def ssh_local_forward(lab: Lab) -> list[Label]:
+    """ssh -N -L: the sandbox reaches a web server behind the outside host through the tunnel."""
+    www = _web_root(lab)
+    with sshd(lab, lab.out), \
+            background(lab, lab.out, sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
+                       "--directory", str(www), ready_port=8080), \
+            ssh_client(lab, lab.sbx, "-N", "-L", "8081:127.0.0.1:8080", f"root@{OUTSIDE_IP}"):
+        lab.run(lab.sbx, sys.executable, "-c", PY_HTTP_FETCH, "127.0.0.1", "8081", "5")
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "ssh_tunnel_other", "ssh -N -L, 5 HTTP fetches through it")]
+
+
+@scenario
+def ssh_dynamic_socks(lab: Lab) -> list[Label]:
+    """ssh -N -D: a SOCKS5 proxy through the outside host, used for 5 HTTP fetches."""
+    www = _web_root(lab)
+    with sshd(lab, lab.out), \
+            background(lab, lab.out, sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
+                       "--directory", str(www), ready_port=8080), \
+            ssh_client(lab, lab.sbx, "-N", "-D", "1080", f"root@{OUTSIDE_IP}"):
+        lab.run(lab.sbx, sys.executable, "-c", PY_SOCKS_FETCH, "1080", "127.0.0.1", "8080", "5")
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "ssh_tunnel_other", "ssh -N -D SOCKS5, 5 HTTP fetches through it")]
+
+
+@scenario
+def ssh_interactive(lab: Lab) -> list[Label]:
+    """An interactive login from the sandbox to the outside host, typed with human timing."""
+    with sshd(lab, lab.out):
+        type_into(lab, lab.sbx, ssh_args(lab, "-tt", f"root@{OUTSIDE_IP}"), SHELL_LINES, seed=3)
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "ssh_interactive", "interactive shell, 5 commands typed")]
+
+
+@scenario
+def scp_transfer(lab: Lab) -> list[Label]:
+    """scp uploads a 1 MiB file to the outside host, then downloads it again (two connections)."""
+    src = lab.workdir / "upload.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    with sshd(lab, lab.out):
+        lab.run(lab.sbx, *ssh_args(lab, program="scp"), str(src), f"root@{OUTSIDE_IP}:{lab.workdir}/remote.bin")
+        lab.run(lab.sbx, *ssh_args(lab, program="scp"), f"root@{OUTSIDE_IP}:{lab.workdir}/remote.bin",
+                str(lab.workdir / "back.bin"))
+    return [(SANDBOX_IP, f"{OUTSIDE_IP}:22", "ssh_transfer", "scp upload then download of 1 MiB")]
+
+
 # ----------------------------------------------------------------------------------------------- main
 def record(names: list[str], out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,11 +484,11 @@ def record(names: list[str], out_dir: Path) -> int:
         for client, server, cls, note in labels:
             rows[(path.name, server)] = [path.name, client, server, cls, note]
         print(f"lab: {name}: wrote {path} ({path.stat().st_size} bytes)")
-    with labels_path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["file", "client", "server", "class", "note"])
-        for key in sorted(rows):
-            w.writerow(rows[key])
+        with labels_path.open("w", newline="") as fh:  # after every scenario, so a later failure loses nothing
+            w = csv.writer(fh)
+            w.writerow(["file", "client", "server", "class", "note"])
+            for key in sorted(rows):
+                w.writerow(rows[key])
     return 0
 
 

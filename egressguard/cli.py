@@ -87,6 +87,8 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         sys.exit(int(ExitStatus.OK))
     if failures:
         sys.exit(int(ExitStatus.CAPTURE))
+    if report.findings_total:
+        sys.exit(int(ExitStatus.FINDINGS))
 
 
 def _make_report(fmt: str, with_flows: bool):

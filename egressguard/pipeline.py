@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 from egressguard.capture import CaptureFile
 from egressguard.decode import Decoder
+from egressguard.detect import BatchResult, Detector, default_detectors, run_detectors
 from egressguard.errors import CaptureError
 from egressguard.flows import FlowBatch, FlowSettings, FlowTable
 from egressguard.schema import CaptureSummary, EndReason
@@ -29,10 +30,14 @@ class Settings:
 
 @dataclass(frozen=True)
 class FlowsReady:
-    """A batch of finished flows of one capture; `batch` is valid only until the next event is requested."""
+    """A batch of finished flows of one capture and what the detectors made of them.
+
+    `batch` is valid only until the next event is requested; `result` holds findings and per-row annotations.
+    """
 
     capture: str
     batch: FlowBatch
+    result: BatchResult = field(default_factory=BatchResult)
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,10 @@ Event = FlowsReady | CaptureDone
 class Analyzer:
     """Analyses capture files one after another; each capture gets fresh flow state, the memory is reused."""
 
-    def __init__(self, settings: Settings = Settings()):
+    def __init__(self, settings: Settings = Settings(), detectors: list[Detector] | None = None):
         self.settings = settings
         self.table = FlowTable(settings.flows)
+        self.detectors = default_detectors() if detectors is None else detectors
 
     def analyze(self, spec: str, progress: ProgressCallback | None = None) -> Iterator[Event]:
         """Events for one capture (a path, or '-' for standard input).
@@ -62,7 +68,11 @@ class Analyzer:
         Raises:
             CaptureError: the source is missing, unreadable or not a capture.
         """
-        return _analyze_one(spec, self.settings, self.table, progress)
+        for event in _analyze_one(spec, self.settings, self.table, progress):
+            if isinstance(event, FlowsReady) and self.detectors:
+                event = FlowsReady(event.capture, event.batch, run_detectors(self.detectors, event.batch,
+                                                                             event.capture))
+            yield event
 
 
 def analyze_captures(specs: Iterable[str], settings: Settings = Settings(),

@@ -6,7 +6,7 @@ documentation and the layout cannot drift apart. Kernels receive arrays of these
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -188,3 +188,45 @@ class CaptureSummary:
     slot_denied: int
     complete: bool
     warnings: tuple[str, ...] = ()
+
+
+class Severity(enum.IntEnum):
+    """How urgently an operator should look; the text form (`low` ... `critical`) is the output contract."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class FindingKind(enum.StrEnum):
+    """What a finding is about (the `kind` field of finding records)."""
+
+    REVERSE_SSH_TUNNEL = "reverse_ssh_tunnel"  # an SSH connection out of the sandbox that carries traffic back in
+    SSH_TUNNEL = "ssh_tunnel"  # SSH used as a tunnel (-L, -D, VPN over SSH, SSH inside another protocol)
+    MINING = "mining"
+    UNEXPECTED_DESTINATION = "unexpected_destination"
+    DNS_TUNNEL = "dns_tunnel"
+    ICMP_TUNNEL = "icmp_tunnel"
+    BEACON = "beacon"
+    LONG_CONNECTION = "long_connection"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing an operator must see, with the evidence that supports it.
+
+    `flow` is a copy of the FLOW record it is about; `details` holds kind-specific objects (e.g. `ssh`) that go
+    into the output record under their own keys.
+    """
+
+    kind: FindingKind
+    severity: Severity
+    score: float
+    evidence: tuple[str, ...]
+    flow: np.void
+    capture: str
+    details: dict = field(default_factory=dict)

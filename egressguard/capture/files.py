@@ -13,6 +13,7 @@ import lzma
 import os
 import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -38,8 +39,10 @@ UNSUPPORTED_MAGICS = {
 }
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 MAX_INTERFACES = 65535
-# What a read can raise: OS errors and, from the decompressors, corrupt or cut-off data (BadGzipFile is an OSError).
-_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError)
+COMPRESSED_READ_PIECE = 1 << 16  # bytes asked of a decompressor per read call (see _ChunkReader.fill)
+# What a read can raise: OS errors and, from the decompressors, corrupt or cut-off data (BadGzipFile is an OSError;
+# invalid deflate data inside a gzip member raises zlib.error, which is not).
+_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 @dataclass
@@ -216,9 +219,13 @@ class CaptureFile:
 
     def _pcapng_chunks(self, reader: "_ChunkReader") -> Iterator[Chunk]:
         self.stats.format = "pcapng"
+        reader.fill(28)
+        if reader.filled < 28:  # the smallest section header block
+            raise CaptureError(self.name, "truncated pcapng section header (fewer than 28 bytes)")
         frames = np.empty(self.chunk_frames, FRAME_DTYPE)
         section = _PcapngSection()
         last_ts = np.zeros(1, np.int64)
+        undefined_warned: set[int] = set()
         pos = 0
         while True:
             pos, count, outcome = records.walk_pcapng(
@@ -226,6 +233,15 @@ class CaptureFile:
                 section.ts_mul, section.ts_div, section.ts_shift, section.ts_offset_ns, section.n_ifaces,
                 frames, last_ts)
             if count:
+                # one walk never crosses a section header, so every frame here belongs to `section`
+                ifaces = frames["iface"][:count]
+                if int(ifaces.max()) >= section.n_ifaces:
+                    for i in np.unique(ifaces[ifaces >= section.n_ifaces]).tolist():
+                        if i not in undefined_warned:
+                            undefined_warned.add(i)
+                            self.stats.warnings.append(
+                                f"{self.name}: packets refer to undefined interface {i} (no interface description "
+                                f"block for it in their section); they are counted as undecodable")
                 self.stats.frames += count
                 yield Chunk(reader.buf, frames[:count])
             if outcome == records.FRAMES_FULL:
@@ -265,9 +281,12 @@ class _ChunkReader:
         """Read until the buffer is full (or holds `want` bytes) or the stream ends."""
         target = len(self.buf) if want is None else min(want, len(self.buf))
         view = memoryview(self.buf)
+        # A decompressor that hits corrupt data raises and the bytes it produced in that same call are lost, so
+        # compressed input is read in small pieces: at most one piece before the damage goes unanalysed.
+        piece = COMPRESSED_READ_PIECE if self.stats.compression else len(self.buf)
         while self.filled < target and not self.eof:
             try:
-                n = self.stream.readinto(view[self.filled:])
+                n = self.stream.readinto(view[self.filled:self.filled + piece])
             except _STREAM_ERRORS as exc:
                 self.stats.complete = False
                 self.stats.warnings.append(f"{self.name}: {self.stats.compression or 'input'} stream ends early or "

@@ -84,10 +84,19 @@ def iface_ts_ns(raw, iface, ts_mul, ts_div, ts_shift, ts_offset_ns):
     """Convert a pcapng 64-bit timestamp of interface `iface` to ns since the epoch (if_tsresol, if_tsoffset)."""
     shift = ts_shift[iface]
     if shift >= 0:
-        # binary resolution 2^-shift s: split to keep the product inside 64 bits
+        # binary resolution 2^-shift s: whole seconds, then the fraction times 1e9. part * 1e9 overflows 64 bits
+        # once shift > 34, so for shift > 32 split part = hi * 2^32 + lo; flooring lo * 1e9 / 2^32 first does
+        # not change the final floor because hi * 1e9 is an integer.
         whole = raw >> np.uint64(shift)
         part = raw & ((np.uint64(1) << np.uint64(shift)) - np.uint64(1))
-        ns = np.int64(whole) * 1_000_000_000 + np.int64((part * np.uint64(1_000_000_000)) >> np.uint64(shift))
+        billion = np.uint64(1_000_000_000)
+        if shift <= 32:
+            frac_ns = (part * billion) >> np.uint64(shift)
+        else:
+            hi = part >> np.uint64(32)
+            lo = part & np.uint64(0xFFFFFFFF)
+            frac_ns = (hi * billion + ((lo * billion) >> np.uint64(32))) >> np.uint64(shift - 32)
+        ns = np.int64(whole) * 1_000_000_000 + np.int64(frac_ns)
     else:
         ns = np.int64(raw) * ts_mul[iface] // ts_div[iface]
     return ns + ts_offset_ns[iface]

@@ -11,7 +11,7 @@ class Decoder:
     """Decodes chunks of frames, keeping the state that spans chunks (fragment ports) and running counters."""
 
     def __init__(self) -> None:
-        self.frag_cache = np.zeros((kernels.FRAG_CACHE_SIZE, 4), np.uint64)
+        self.frag_cache = np.zeros((kernels.FRAG_CACHE_SIZE, kernels.FRAG_CACHE_COLS), np.uint64)
         self.counters = np.zeros(kernels.N_COUNTERS, np.int64)
         self._packets = np.zeros(0, PACKET_DTYPE)
 

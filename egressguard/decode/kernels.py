@@ -27,6 +27,10 @@ IPV4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)  # ::ffff:0:0/96 (RFC
 MAX_VLAN_TAGS = 4
 MAX_IPV6_EXT_HEADERS = 8
 FRAG_CACHE_SIZE = 4096  # first-fragment port memory (power of two)
+# frag_cache columns: the datagram's key (both addresses, ident << 8 | key protocol) and what the first fragment
+# told (upper-layer protocol << 32 | sport << 16 | dport)
+FC_SRC_HI, FC_SRC_LO, FC_DST_HI, FC_DST_LO, FC_TAG, FC_VALUE = 0, 1, 2, 3, 4, 5
+FRAG_CACHE_COLS = 6
 
 # counters[] indices
 C_PACKETS = 0
@@ -125,10 +129,12 @@ def icmp_ports(proto, icmp_type, icmp_code):
 
 
 @njit(cache=True)
-def _frag_slot(src_lo, dst_lo, ident, proto):
-    h = (src_lo * np.uint64(0x9E3779B97F4A7C15)) ^ (dst_lo + np.uint64(ident) * np.uint64(0xBF58476D1CE4E5B9))
-    h ^= np.uint64(proto)
+def _frag_slot(src_hi, src_lo, dst_hi, dst_lo, tag):
+    h = (src_lo * np.uint64(0x9E3779B97F4A7C15)) ^ (dst_lo + tag * np.uint64(0xBF58476D1CE4E5B9))
+    h ^= (src_hi * np.uint64(0x94D049BB133111EB)) ^ (dst_hi * np.uint64(0xD6E8FEB86659FD93))
     h ^= h >> np.uint64(29)
+    h *= np.uint64(0x9E3779B97F4A7C15)
+    h ^= h >> np.uint64(32)
     return np.int64(h & np.uint64(FRAG_CACHE_SIZE - 1))
 
 
@@ -140,8 +146,11 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
         buf: uint8 array holding the frames' bytes (FRAME.offset indexes it).
         frames: FRAME array, shape (n,).
         packets: PACKET array, shape (>= n,); rows 0..n-1 are overwritten.
-        frag_cache: uint64 array, shape (FRAG_CACHE_SIZE, 4): per slot (src_lo, dst_lo, ident<<8|proto, ports);
-            remembers ports of first fragments so later fragments join their flow. Mutated; keep it across calls.
+        frag_cache: uint64 array, shape (FRAG_CACHE_SIZE, FRAG_CACHE_COLS), columns FC_*: per slot the datagram key
+            (full source and destination address, ident << 8 | key protocol) and the first fragment's upper-layer
+            protocol and ports, so later fragments join their flow. The key protocol is the IPv4 protocol field, or
+            for IPv6 the fragment header's next header (later fragments cannot see past it). Mutated; keep it
+            across calls.
         counters: int64 array, shape (N_COUNTERS,), indexed by C_* constants; added to (min/max time updated).
     """
     n = frames.shape[0]
@@ -204,7 +213,12 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
                 bad = True
             else:
                 v = buf[pos] >> 4
-                ethertype = ETH_IPV4 if v == 4 else (ETH_IPV6 if v == 6 else -2)
+                if v == 4:
+                    ethertype = ETH_IPV4
+                elif v == 6:
+                    ethertype = ETH_IPV6
+                else:  # the link carries nothing but IP: another version is a broken packet, not "not IP"
+                    bad = True
         elif lt == 228:
             ethertype = ETH_IPV4
         elif lt == 229:
@@ -261,6 +275,7 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
         later_fragment = False
         first_fragment = False
         frag_ident = np.uint32(0)
+        frag_key_proto = 0
         if ethertype == ETH_IPV4:
             if end - pos < 20:
                 p.status = status | HEADERS_CUT | (UNDECODABLE if fr.caplen >= fr.wirelen else 0)
@@ -283,6 +298,7 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
             proto = buf[pos + 9]
             frag = _be16(buf, pos + 6)
             frag_ident = np.uint32(_be16(buf, pos + 4))
+            frag_key_proto = proto
             if (frag & 0x1FFF) != 0:
                 later_fragment = True
             elif (frag & 0x2000) != 0:
@@ -315,6 +331,7 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
                     if nh == 44:  # fragment header (RFC 8200 4.5)
                         off_m = _be16(buf, l4 + 2)
                         frag_ident = _be32(buf, l4 + 4)
+                        frag_key_proto = nxt
                         if (off_m >> 3) != 0:
                             later_fragment = True
                         elif (off_m & 1) != 0:
@@ -337,17 +354,21 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
         p.proto = proto
         if l4 > ip_end:
             p.status = status | UNDECODABLE
+            p.ip_version = 0  # undecodable rows are counted, never flows (the flow table skips version 0)
             continue
+        frag_tag = (np.uint64(frag_ident) << np.uint64(8)) | np.uint64(frag_key_proto)
         if first_fragment or later_fragment:
             status |= FRAGMENT
         if later_fragment:
             status |= LATER_FRAGMENT
-            slot = _frag_slot(p.src_lo, p.dst_lo, frag_ident, proto)
-            tag = (np.uint64(frag_ident) << np.uint64(8)) | np.uint64(proto)
-            if frag_cache[slot, 0] == p.src_lo and frag_cache[slot, 1] == p.dst_lo and frag_cache[slot, 2] == tag:
-                ports = frag_cache[slot, 3]
-                p.sport = np.uint16(ports >> np.uint64(16))
-                p.dport = np.uint16(ports & np.uint64(0xFFFF))
+            slot = _frag_slot(p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, frag_tag)
+            if (frag_cache[slot, FC_TAG] == frag_tag and frag_cache[slot, FC_SRC_LO] == p.src_lo
+                    and frag_cache[slot, FC_DST_LO] == p.dst_lo and frag_cache[slot, FC_SRC_HI] == p.src_hi
+                    and frag_cache[slot, FC_DST_HI] == p.dst_hi):
+                value = frag_cache[slot, FC_VALUE]
+                p.proto = np.uint8(value >> np.uint64(32))
+                p.sport = np.uint16((value >> np.uint64(16)) & np.uint64(0xFFFF))
+                p.dport = np.uint16(value & np.uint64(0xFFFF))
             p.payload_bytes = np.uint32(ip_end - l4)
             p.status = status
             continue
@@ -366,6 +387,7 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
             p.tcp_flags = buf[l4 + 13]
             if hdr < 20:
                 p.status = status | UNDECODABLE
+                p.ip_version = 0
                 continue
         elif proto == 17 or proto == 136:  # UDP, UDP-Lite
             hdr = 8
@@ -385,17 +407,21 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
         payload_start = l4 + hdr
         if payload_start > ip_end:
             p.status = status | UNDECODABLE
+            p.ip_version = 0
             continue
         p.payload_bytes = np.uint32(ip_end - payload_start)
         p.payload_offset = np.uint32(payload_start)
         avail = min(ip_end, end) - payload_start
         p.payload_caplen = np.uint32(avail) if avail > 0 else 0
         if first_fragment:
-            slot = _frag_slot(p.src_lo, p.dst_lo, frag_ident, proto)
-            frag_cache[slot, 0] = p.src_lo
-            frag_cache[slot, 1] = p.dst_lo
-            frag_cache[slot, 2] = (np.uint64(frag_ident) << np.uint64(8)) | np.uint64(proto)
-            frag_cache[slot, 3] = (np.uint64(p.sport) << np.uint64(16)) | np.uint64(p.dport)
+            slot = _frag_slot(p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, frag_tag)
+            frag_cache[slot, FC_SRC_HI] = p.src_hi
+            frag_cache[slot, FC_SRC_LO] = p.src_lo
+            frag_cache[slot, FC_DST_HI] = p.dst_hi
+            frag_cache[slot, FC_DST_LO] = p.dst_lo
+            frag_cache[slot, FC_TAG] = frag_tag
+            frag_cache[slot, FC_VALUE] = ((np.uint64(proto) << np.uint64(32)) | (np.uint64(p.sport) << np.uint64(16))
+                                          | np.uint64(p.dport))
         p.status = status
     _count(frames, packets, counters)
 

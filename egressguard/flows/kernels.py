@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from egressguard.flows.conversation import conversation_close, conversation_reset, conversation_update
+
 # meta[] indices (int64 counters and list heads)
 M_LIVE = 0
 M_HEAD = 1  # most recently seen record, -1 if none
@@ -56,7 +58,9 @@ class TableArrays(NamedTuple):
     direction, packets concatenated); keep_len u4[n_slots, 2, keep_pkts] (L4 payload length of each kept packet);
     keep_cap u2[n_slots, 2, keep_pkts] (bytes of it actually kept); keep_count u1[n_slots, 2]; keep_fill
     u4[n_slots, 2] (bytes used in keep_data); seq_size i4[n_slots, seq_len] (+orig / -resp payload size of the
-    early payload packets); seq_dt_us u4[n_slots, seq_len] (their time since first_seen, microseconds).
+    early payload packets); seq_dt_us u4[n_slots, seq_len] (their time since first_seen, microseconds);
+    conv_i i8[n_slots, N_CONV_I], conv_f f8[n_slots, N_CONV_F], echo_pairs u2[n_slots, 2, ECHO_BUCKETS]: the
+    conversation shape over the flow's whole life (flows/conversation.py).
     """
 
     records: np.ndarray
@@ -75,6 +79,9 @@ class TableArrays(NamedTuple):
     keep_fill: np.ndarray
     seq_size: np.ndarray
     seq_dt_us: np.ndarray
+    conv_i: np.ndarray
+    conv_f: np.ndarray
+    echo_pairs: np.ndarray
 
 
 @njit(cache=True, inline="always")
@@ -166,6 +173,8 @@ def _lru_push_head(t, i):
 @njit(cache=True)
 def _emit(t, ridx, reason, out, n_out):
     """Copy record ridx to out[n_out] with its end reason and free it (its payload slot stays reserved)."""
+    if t.records[ridx].slot >= 0:
+        conversation_close(t.conv_i, t.conv_f, t.records[ridx].slot)
     out[n_out] = t.records[ridx]
     out[n_out].end_reason = reason
     _index_remove(t, ridx)
@@ -279,6 +288,8 @@ def _update_direction_stats(r, d, p, ts):
             r.orig_iat_mean += delta / n_before
             r.orig_iat_m2 += delta * (dt - r.orig_iat_mean)
         r.orig_last_ns = max(ts, r.orig_last_ns)
+        if r.orig_mac == 0:  # the flow may have been opened by the responder's packet (SYN-ACK seen first)
+            r.orig_mac = p.src_mac
         if p.proto == 6:
             if (fl & TCP_SYN) != 0:
                 r.orig_next_seq = p.tcp_seq + np.uint32(1)
@@ -354,6 +365,7 @@ def _keep_payload(t, r, d, p, buf):
         t.keep_count[s, 1] = 0
         t.keep_fill[s, 0] = 0
         t.keep_fill[s, 1] = 0
+        conversation_reset(t.conv_i, t.conv_f, t.echo_pairs, s)
     s = r.slot
     keep_pkts = t.keep_len.shape[2]
     keep_bytes = t.keep_data.shape[2]
@@ -377,6 +389,7 @@ def _keep_payload(t, r, d, p, buf):
         dt_us = (p.ts_ns - r.first_seen_ns) // 1000
         t.seq_dt_us[s, c] = np.uint32(min(max(dt_us, 0), 0xFFFFFFFF))
         r.seq_count = c + 1
+    conversation_update(t.conv_i, t.conv_f, t.echo_pairs, s, d, np.int64(p.payload_bytes), p.ts_ns)
 
 
 @njit(cache=True)
@@ -463,7 +476,7 @@ def update_table(t, buf, packets, start, out):
         if t.meta[M_HEAD] != ridx:
             _lru_unlink(t, ridx)
             _lru_push_head(t, ridx)
-        if _update_direction_stats(r, d, p, ts) and p.payload_caplen > 0 and t.keep_data.shape[0] > 0:
+        if _update_direction_stats(r, d, p, ts) and t.keep_data.shape[0] > 0:
             _keep_payload(t, r, d, p, buf)
     return i, n_out
 

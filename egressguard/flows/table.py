@@ -4,13 +4,16 @@ Memory is fixed at construction: `capacity` flow records plus `payload_slots` pa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from egressguard.flows import kernels
+from egressguard.flows import conversation, kernels
 from egressguard.schema import FLOW_DTYPE, PACKET_DTYPE, EndReason
+
+MAX_TIMEOUT_S = 1e9  # about 31 years: timeouts are kept as int64 nanoseconds
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,15 @@ class FlowSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when a value is out of range."""
+        for name in ("capacity", "payload_slots", "keep_packets", "keep_bytes", "sequence_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("tcp_idle_s", "other_idle_s", "active_s"):
+            # NaN and infinity would pass the range checks below and then fail (or overflow int64) as nanoseconds
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) > MAX_TIMEOUT_S:
+                raise ValueError(f"{name} must be a finite number of seconds up to {MAX_TIMEOUT_S:g}, "
+                                 f"got {getattr(self, name)!r}")
         if not 1 <= self.capacity <= 1 << 28:
             raise ValueError(f"flow capacity must be 1..{1 << 28}, got {self.capacity}")
         if not 0 <= self.payload_slots <= self.capacity:
@@ -51,6 +63,27 @@ class FlowSettings:
 
 
 @dataclass(frozen=True)
+class Conversation:
+    """A flow's conversation shape (see flows/conversation.py); index 0 = originator, 1 = responder.
+
+    echo_pairs[d, b]: packets of size 4b..4b+3 sent by side d and answered by the same size from the other side.
+    """
+
+    echo_pairs: np.ndarray
+    bursts: int
+    bursts_led: tuple[int, int]
+    nested_handshakes: tuple[int, int]
+    answered: tuple[int, int]  # bursts whose leader got a bulk answer (a request and its response), by leader
+    pingpongs: tuple[int, int]
+    pingpong_interval_mean: tuple[float, float]
+    pingpong_interval_sd: tuple[float, float]
+
+    def echoes(self, leader: int, size: int) -> int:
+        """Echo pairs of exactly this size class led by `leader`."""
+        return int(self.echo_pairs[leader, size // 4]) if 0 <= size < conversation.ECHO_MAX_SIZE else 0
+
+
+@dataclass(frozen=True)
 class FlowBatch:
     """Finished (or snapshot) flow records and read access to the payload each one kept.
 
@@ -60,6 +93,10 @@ class FlowBatch:
     records: np.ndarray
     table: "FlowTable"
 
+    def payload_prefix(self, n: int) -> np.ndarray:
+        """The first n kept payload bytes of every record, both directions: uint8 [rows, 2, n], zeros where none."""
+        return self.table.payload_prefix(self.records["slot"], n)
+
     def kept_payload(self, row: int, direction: int) -> list[bytes]:
         """The kept payload pieces of one direction (0 orig, 1 resp) of records[row], one bytes per packet."""
         return self.table.kept_payload(int(self.records[row]["slot"]), direction)
@@ -67,6 +104,10 @@ class FlowBatch:
     def kept_stream(self, row: int, direction: int) -> bytes:
         """The kept payload of one direction as one byte string (packets concatenated)."""
         return b"".join(self.kept_payload(row, direction))
+
+    def conversation(self, row: int) -> "Conversation | None":
+        """The conversation shape of records[row] over its whole life, or None when it kept no payload slot."""
+        return self.table.conversation(int(self.records[row]["slot"]))
 
     def early_sequence(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(signed payload sizes: + orig / - resp, microseconds since first_seen) of the early payload packets."""
@@ -112,6 +153,9 @@ class FlowTable:
             keep_fill=np.zeros((slots, 2), np.uint32),
             seq_size=np.zeros((slots, settings.sequence_length), np.int32),
             seq_dt_us=np.zeros((slots, settings.sequence_length), np.uint32),
+            conv_i=np.zeros((slots, conversation.N_CONV_I), np.int64),
+            conv_f=np.zeros((slots, conversation.N_CONV_F), np.float64),
+            echo_pairs=np.zeros((slots, 2, conversation.ECHO_BUCKETS), np.uint16),
         )
         self._out = np.zeros(max(out_size, 2), FLOW_DTYPE)
 
@@ -194,6 +238,16 @@ class FlowTable:
             batch.records["slot"] = -1
 
     # ---- payload access
+    def payload_prefix(self, slots: np.ndarray, n: int) -> np.ndarray:
+        n = min(n, self.settings.keep_bytes)
+        out = np.zeros((len(slots), 2, n), np.uint8)
+        has = slots >= 0
+        if has.any():
+            out[has] = self.t.keep_data[slots[has], :, :n]
+            fill = self.t.keep_fill[slots[has]]  # bytes kept per direction: mask what lies past them
+            out[has] &= (np.arange(n)[None, None, :] < fill[:, :, None]).astype(np.uint8) * 255
+        return out
+
     def kept_payload(self, slot: int, direction: int) -> list[bytes]:
         if slot < 0:
             return []
@@ -211,6 +265,24 @@ class FlowTable:
         if slot < 0:
             return np.zeros(0, np.uint32)
         return self.t.keep_len[slot, direction, :int(self.t.keep_count[slot, direction])].copy()
+
+    def conversation(self, slot: int) -> "Conversation | None":
+        if slot < 0:
+            return None
+        ci, cf = self.t.conv_i[slot], self.t.conv_f[slot]
+        c = conversation
+        pp = (int(ci[c.CI_PINGPONG0]), int(ci[c.CI_PINGPONG1]))
+        sd = tuple(float(np.sqrt(cf[c.CF_PP_M2_0 + 2 * d] / (pp[d] - 1))) if pp[d] > 2 else 0.0 for d in (0, 1))
+        return Conversation(
+            echo_pairs=self.t.echo_pairs[slot].astype(np.int64),
+            bursts=int(ci[c.CI_BURSTS]),
+            bursts_led=(int(ci[c.CI_LED0]), int(ci[c.CI_LED1])),
+            nested_handshakes=(int(ci[c.CI_NESTED0]), int(ci[c.CI_NESTED1])),
+            answered=(int(ci[c.CI_ANSWERED0]), int(ci[c.CI_ANSWERED1])),
+            pingpongs=pp,
+            pingpong_interval_mean=(float(cf[c.CF_PP_MEAN0]), float(cf[c.CF_PP_MEAN1])),
+            pingpong_interval_sd=sd,
+        )
 
     def early_sequence(self, slot: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         if slot < 0:

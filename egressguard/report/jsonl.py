@@ -5,7 +5,7 @@ import json
 from typing import Any, TextIO
 
 from egressguard.pipeline import CaptureDone, Event, FlowsReady
-from egressguard.report.records import flow_record, summary_record
+from egressguard.report.records import finding_record, flow_record, summary_record
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -19,16 +19,24 @@ class JsonlReport:
     def __init__(self, out: TextIO, with_flows: bool):
         self.out = out
         self.with_flows = with_flows
+        self.findings_total = 0
+        self._counts: dict[str, int] = {}
 
     def handle(self, event: Event) -> None:
+        write = self.out.write
         if isinstance(event, FlowsReady):
             if self.with_flows:
                 recs = event.batch.records
-                write = self.out.write
+                notes = event.result.annotations
                 for i in range(len(recs)):
-                    write(dumps(flow_record(recs[i], event.capture)) + "\n")
+                    write(dumps(flow_record(recs[i], event.capture, notes.get(i))) + "\n")
+            for finding in event.result.findings:
+                write(dumps(finding_record(finding)) + "\n")
+                self._counts[str(finding.kind)] = self._counts.get(str(finding.kind), 0) + 1
+                self.findings_total += 1
         elif isinstance(event, CaptureDone):
-            self.out.write(dumps(summary_record(event.summary)) + "\n")
+            write(dumps(summary_record(event.summary, self._counts)) + "\n")
+            self._counts = {}
 
     def close(self) -> None:
         self.out.flush()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from egressguard.schema import EndReason, FlowFlag, CaptureSummary, proto_name
+from egressguard.schema import CaptureSummary, EndReason, Finding, FlowFlag, proto_name
 
 _IPV4_MAPPED = 0xFFFF << 32
 # ICMP types that Community ID v1 treats as one-way (no request/reply counterpart): these are never reordered.
@@ -71,8 +71,32 @@ def _mac(value: int) -> str | None:
     return ":".join(f"{b:02x}" for b in int(value).to_bytes(6, "big"))
 
 
-def flow_record(rec: np.void, capture: str) -> dict[str, Any]:
-    """One `{"type": "flow", ...}` record."""
+def flow_community_id(rec: np.void) -> str:
+    """Community ID of a FLOW record."""
+    v = int(rec["ip_version"])
+    return community_id(address_bytes(int(rec["orig_hi"]), int(rec["orig_lo"]), v),
+                        address_bytes(int(rec["resp_hi"]), int(rec["resp_lo"]), v),
+                        int(rec["proto"]), int(rec["orig_port"]), int(rec["resp_port"]))
+
+
+def finding_record(finding: Finding) -> dict[str, Any]:
+    """One `{"type": "finding", ...}` record: what, how bad, why (evidence sentences), and the flow it is about."""
+    out: dict[str, Any] = {
+        "type": "finding",
+        "kind": str(finding.kind),
+        "severity": finding.severity.label(),
+        "score": round(float(finding.score), 3),
+        "evidence": list(finding.evidence),
+        "capture": finding.capture,
+    }
+    out.update(flow_fields(finding.flow))
+    out["community_id"] = flow_community_id(finding.flow)
+    out.update(finding.details)
+    return out
+
+
+def flow_record(rec: np.void, capture: str, annotations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One `{"type": "flow", ...}` record (with detector labels such as `app` and `ssh_use` when given)."""
     v = int(rec["ip_version"])
     out: dict[str, Any] = {"type": "flow", "capture": capture}
     out.update(flow_fields(rec))
@@ -81,10 +105,7 @@ def flow_record(rec: np.void, capture: str) -> dict[str, Any]:
         out[f"{side}_pkts"] = int(rec[prefix + "pkts"])
         out[f"{side}_bytes"] = int(rec[prefix + "bytes"])
         out[f"{side}_payload_bytes"] = int(rec[prefix + "payload_bytes"])
-    out["community_id"] = community_id(
-        address_bytes(int(rec["orig_hi"]), int(rec["orig_lo"]), v),
-        address_bytes(int(rec["resp_hi"]), int(rec["resp_lo"]), v),
-        int(rec["proto"]), int(rec["orig_port"]), int(rec["resp_port"]))
+    out["community_id"] = flow_community_id(rec)
     out["ip_version"] = v
     out["vlan"] = int(rec["vlan"]) or None
     out["src_mac"] = _mac(int(rec["orig_mac"]))
@@ -96,10 +117,15 @@ def flow_record(rec: np.void, capture: str) -> dict[str, Any]:
     if int(rec["proto"]) == 6:
         out["src_retransmits"] = int(rec["orig_retransmits"])
         out["dst_retransmits"] = int(rec["resp_retransmits"])
+    if annotations:
+        out["app"] = annotations.get("app")
+        for key, value in annotations.items():
+            if key not in ("app", "ssh"):
+                out[key] = value
     return out
 
 
-def summary_record(summary: CaptureSummary) -> dict[str, Any]:
+def summary_record(summary: CaptureSummary, findings: dict[str, int] | None = None) -> dict[str, Any]:
     """One `{"type": "summary", ...}` record per capture."""
     first = _seconds(summary.first_ns) if summary.packets else None
     last = _seconds(summary.last_ns) if summary.packets else None
@@ -125,4 +151,5 @@ def summary_record(summary: CaptureSummary) -> dict[str, Any]:
         "payload_slots_exhausted": summary.slot_denied,
         "file_complete": summary.complete,
         "warnings": list(summary.warnings),
+        "findings": dict(sorted((findings or {}).items())),
     }

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from egressguard.pipeline import CaptureDone, Event, FlowsReady
-from egressguard.report.records import flow_record, summary_record
+from egressguard.report.records import finding_record, flow_record, summary_record
+from egressguard.report.text import safe_markup
 
 TOP_FLOWS = 10
 
@@ -61,6 +62,37 @@ def render_summary(summary: dict[str, Any]) -> Table:
     return t
 
 
+SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan"}
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def _finding_details(f: dict[str, Any]) -> list[str]:
+    """Kind-specific lines under the evidence (all wire strings made safe)."""
+    lines = []
+    ssh = f.get("ssh")
+    if ssh:
+        lines.append(f"ssh client: {safe_markup(ssh.get('client_banner'))}   server: {safe_markup(ssh.get('server_banner'))}")
+        lines.append(f"cipher {safe_markup(ssh.get('cipher'))}, mac {safe_markup(ssh.get('mac'))}, "
+                     f"hassh {safe_markup(ssh.get('hassh'))}, hassh_server {safe_markup(ssh.get('hassh_server'))}")
+    return lines
+
+
+def render_findings(findings: list[dict[str, Any]]) -> Table:
+    """Findings, worst first, each with its flow, evidence sentences and details."""
+    t = Table(title=f"Findings ({len(findings)})", title_justify="left", show_lines=True, expand=False)
+    t.add_column("severity", no_wrap=True)
+    t.add_column("finding", overflow="fold")
+    ordered = sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9), -f["score"], f["first_seen"]))
+    for f in ordered:
+        sev = f["severity"]
+        head = (f"[bold]{safe_markup(f['kind'])}[/bold] (score {f['score']:.2f})  {safe_markup(f['proto'])} "
+                f"{safe_markup(_endpoint(f['src_ip'], f['src_port']))} -> {safe_markup(_endpoint(f['dst_ip'], f['dst_port']))}"
+                f"  {_human_duration(f['last_seen'] - f['first_seen'])}")
+        body = [head] + [f"  - {safe_markup(e, 1000)}" for e in f["evidence"]] + [f"  {x}" for x in _finding_details(f)]
+        t.add_row(f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]", "\n".join(body))
+    return t
+
+
 def render_top_flows(flows: list[dict[str, Any]]) -> Table:
     """The largest flows of a capture, by bytes in both directions."""
     t = Table(title="Largest flows", title_justify="left")
@@ -82,9 +114,14 @@ class TableReport:
         self.top = top
         self._heap: list[tuple[int, int, dict[str, Any]]] = []
         self._seq = 0
+        self._findings: list[dict[str, Any]] = []
+        self.findings_total = 0
 
     def handle(self, event: Event) -> None:
         if isinstance(event, FlowsReady):
+            for finding in event.result.findings:
+                self._findings.append(finding_record(finding))
+                self.findings_total += 1
             recs = event.batch.records
             if not len(recs):
                 return
@@ -102,7 +139,16 @@ class TableReport:
         elif isinstance(event, CaptureDone):
             flows = [item[2] for item in sorted(self._heap, reverse=True)]
             self._heap = []
-            parts = [render_summary(summary_record(event.summary))]
+            counts: dict[str, int] = {}
+            for f in self._findings:
+                counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+            parts = []
+            if self._findings:
+                parts.append(render_findings(self._findings))
+            else:
+                parts.append("[green]No findings.[/green]")
+            self._findings = []
+            parts.append(render_summary(summary_record(event.summary, counts)))
             if flows:
                 parts.append(render_top_flows(flows))
             self.console.print(Group(*parts))

@@ -1,0 +1,281 @@
+"""SSH on any port: who is really typing, and which way the tunnel points.
+
+Every flow whose kept bytes start with an SSH banner (or carries one inside WebSocket frames) is classified as a
+reverse tunnel, another tunnel, an interactive session, a file transfer, or undetermined. Encryption hides the
+content, so the verdict comes from record sizes predicted from the negotiated cipher (detection-science 1.4) and
+from the conversation's rhythm (1.6-1.7): which side types, which side speaks first after a pause, which side
+starts handshakes inside the connection, which side only acknowledges.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from egressguard.detect.base import BatchResult
+from egressguard.flows import FlowBatch
+from egressguard.flows.table import Conversation
+from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
+from egressguard.payload.websocket import websocket_streams
+from egressguard.schema import Finding, FindingKind, Severity
+
+ORIG, RESP = 0, 1
+
+
+class SshUse(enum.StrEnum):
+    """What an SSH connection is used for (the `ssh_use` field of flow records)."""
+
+    REVERSE_TUNNEL = "reverse_tunnel"  # ssh -R, autossh -R, a reverse connection: the outside reaches in
+    TUNNEL = "tunnel"  # ssh -L, -D, VPN over SSH, SSH inside another protocol
+    INTERACTIVE = "interactive"  # a person (or agent) typing into a shell
+    FILE_TRANSFER = "file_transfer"  # scp, sftp, rsync, git: bulk one way
+    UNDETERMINED = "undetermined"
+
+
+@dataclass(frozen=True)
+class Params:
+    """Thresholds, each with where it comes from."""
+
+    min_echo_pairs: int = 4  # detection-science 1.7 R2 (Trisul alerts at 3 per direction, Althouse at 5 alternations)
+    min_echo_pairs_unmodelled: int = 20  # the same when the cipher is unknown and any small size counts
+    min_tunnel_echo_pairs: int = 8  # nested keystrokes from the sandbox side (jump host): typing, not a few packets
+    echo_dominance: float = 2.0  # reverse echoes must outnumber forward ones by this factor
+    min_led_bursts: int = 5  # 1.7 R4: over >= 5 bursts
+    min_answers: int = 2  # request/bulk-answer bursts needed to say who serves whom
+    led_ratio: float = 0.6  # 1.7 R4 proposes >= 0.5; 0.6 leaves room for keepalive replies
+    ack_ratio: float = 3.0  # 1.7 R5 (JA4SSH: the server side acknowledges a reverse shell)
+    min_acks: int = 20  # 1.7 R5
+    keepalive_min: int = 5  # 1.7 R7: regular client keepalives on an otherwise silent session
+    keepalive_max_cv: float = 0.2  # 1.7 R7 uses CV < 0.1 over hours; short lab runs jitter more
+    interactive_echo_pairs: int = 20  # a bulk flow with this many typed keystrokes is a session, not a copy
+    transfer_min_bytes: int = 256 * 1024  # bulk: at least this much one way ...
+    transfer_share: float = 0.9  # ... and this share of all payload bytes in that direction
+    nonstandard_port_bonus: float = 0.05  # 1.7 R1: SSH away from port 22 is worth a little more suspicion
+
+
+@dataclass(frozen=True)
+class SshSignals:
+    """The measured facts behind a verdict (all counts over the whole flow)."""
+
+    keystroke: int | None
+    tunnel_keystrokes: tuple[int, ...]
+    echo_fwd: int  # keystroke-sized packets from the sandbox side echoed by the remote side
+    echo_rev: int  # keystroke-sized packets from the remote side echoed by the sandbox side
+    tunnel_echo_fwd: int
+    tunnel_echo_rev: int
+    led_fwd: int
+    led_rev: int
+    nested_fwd: int
+    nested_rev: int
+    acks_fwd: int  # bare ACKs sent by the sandbox side
+    acks_rev: int
+    keepalives: int
+    keepalive_interval: float
+    keepalive_cv: float
+    bytes_fwd: int
+    bytes_rev: int
+    answered_fwd: int  # bursts in which the sandbox side asked briefly and got bulk data back
+    answered_rev: int  # bursts in which the remote side asked briefly and the sandbox side answered in bulk
+    login: PostAuth
+
+
+def _echo_count(conv: Conversation, leader: int, sizes: set[int]) -> int:
+    return sum(conv.echoes(leader, s) for s in sizes)
+
+
+def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: list[int]) -> SshSignals:
+    """Read the signals of one SSH flow from its conversation shape and flow counters."""
+    k1 = hs.keystroke_size()
+    k2 = set(hs.tunnelled_keystroke_sizes())
+    if k1 is None:
+        # unknown cipher: use the most echoed small size on each side as the keystroke size
+        sizes = {int(np.argmax(conv.echo_pairs[d])) * 4 for d in (ORIG, RESP) if conv.echo_pairs[d].any()}
+        plain = sizes
+    else:
+        plain = {k1} - k2
+    pp = conv.pingpongs[ORIG]
+    mean = conv.pingpong_interval_mean[ORIG]
+    cv = conv.pingpong_interval_sd[ORIG] / mean if mean > 0 else float("inf")
+    return SshSignals(
+        keystroke=k1, tunnel_keystrokes=tuple(sorted(k2)),
+        echo_fwd=_echo_count(conv, ORIG, plain | k2), echo_rev=_echo_count(conv, RESP, plain | k2),
+        tunnel_echo_fwd=_echo_count(conv, ORIG, k2), tunnel_echo_rev=_echo_count(conv, RESP, k2),
+        led_fwd=conv.bursts_led[ORIG], led_rev=conv.bursts_led[RESP],
+        nested_fwd=conv.nested_handshakes[ORIG], nested_rev=conv.nested_handshakes[RESP],
+        acks_fwd=int(rec["orig_bare_acks"]), acks_rev=int(rec["resp_bare_acks"]),
+        keepalives=pp, keepalive_interval=mean, keepalive_cv=cv,
+        bytes_fwd=int(rec["orig_payload_bytes"]), bytes_rev=int(rec["resp_payload_bytes"]),
+        answered_fwd=conv.answered[ORIG], answered_rev=conv.answered[RESP],
+        login=post_auth(hs, early_sizes),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    use: SshUse
+    score: float
+    evidence: tuple[str, ...]
+
+
+def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict:
+    """Decide what an SSH flow is used for; evidence sentences carry the measured values."""
+    rev: list[tuple[float, str]] = []
+    if not hs.client_is_orig:
+        rev.append((0.95, "the side that opened the TCP connection answered as the SSH server (it sent the "
+                          "key-exchange reply): a reverse connection, the outside host drives a shell on this side"))
+    # without a size model (unknown cipher, SSH-1) echoes of any small size are much weaker evidence
+    min_echo = p.min_echo_pairs if sig.keystroke is not None else p.min_echo_pairs_unmodelled
+    echo_rev_ok = sig.echo_rev >= min_echo and sig.echo_rev >= p.echo_dominance * max(sig.echo_fwd, 1)
+    if echo_rev_ok and sig.tunnel_echo_rev >= p.min_echo_pairs:
+        sizes = "/".join(str(s) for s in sig.tunnel_keystrokes)
+        rev.append((0.9, f"the remote side sent {sig.tunnel_echo_rev} packets of the size of a keystroke inside a "
+                         f"nested SSH session ({sizes} B), each echoed by the sandbox side within 0.5 s: someone "
+                         f"outside is typing into a shell that runs through this connection"))
+    elif echo_rev_ok:
+        size = f" ({sig.keystroke} B)" if sig.keystroke else ""
+        rev.append((0.8, f"the remote side sent {sig.echo_rev} keystroke-sized packets{size} echoed by the sandbox "
+                         f"side within 0.5 s: the typing comes from outside"))
+    if sig.nested_rev:
+        rev.append((0.85, f"{sig.nested_rev} time(s) the remote side opened a burst with a bulk exchange in both "
+                          f"directions: a new connection (handshake) started from outside and carried inside"))
+    if sig.login.forward_request:
+        rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
+                          f"back to it (a {sig.login.forward_request} B 'tcpip-forward' request: ssh -R)"))
+    if sig.answered_rev >= p.min_answers and sig.answered_rev > sig.answered_fwd:
+        rev.append((0.7, f"{sig.answered_rev} times the remote side sent a short request and the sandbox side "
+                         f"answered with bulk data: a service inside the sandbox is used from outside"))
+    led_total = sig.led_fwd + sig.led_rev
+    if sig.led_rev >= p.min_led_bursts and sig.led_rev >= p.led_ratio * led_total:
+        rev.append((0.6, f"after each pause the remote side spoke first in {sig.led_rev} of {led_total} bursts"))
+    if rev and sig.acks_rev >= p.min_acks and sig.acks_rev >= p.ack_ratio * (sig.acks_fwd + 1):
+        rev.append((0.3, f"the remote side sent {sig.acks_rev} bare ACKs against {sig.acks_fwd} from the sandbox "
+                         f"side: data flows out of the sandbox in answer to requests from outside"))
+    held = _held_open(sig, p)
+    if rev:
+        if held:
+            rev.append((0.3, held))
+        return Verdict(SshUse.REVERSE_TUNNEL, _combine(rev), tuple(text for _, text in rev))
+
+    fwd: list[tuple[float, str]] = []
+    plain_fwd = sig.echo_fwd - sig.tunnel_echo_fwd
+    if sig.tunnel_echo_fwd >= p.min_tunnel_echo_pairs and sig.tunnel_echo_fwd >= 2 * plain_fwd:
+        sizes = "/".join(str(s) for s in sig.tunnel_keystrokes)
+        fwd.append((0.8, f"the sandbox side sent {sig.tunnel_echo_fwd} packets of the size of a keystroke inside a "
+                         f"nested SSH session ({sizes} B): an SSH session runs through this one (jump host, -L)"))
+    if sig.nested_fwd:
+        fwd.append((0.7, f"{sig.nested_fwd} time(s) the sandbox side opened a burst with a bulk exchange in both "
+                         f"directions: a new connection started inside the SSH connection (-L, -D or -J)"))
+    if fwd:
+        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd))
+    total = sig.bytes_fwd + sig.bytes_rev
+    if sig.echo_fwd < p.interactive_echo_pairs and total and max(sig.bytes_fwd, sig.bytes_rev) >= p.transfer_min_bytes and \
+            max(sig.bytes_fwd, sig.bytes_rev) >= p.transfer_share * total:
+        way = "to" if sig.bytes_fwd > sig.bytes_rev else "from"
+        return Verdict(SshUse.FILE_TRANSFER, 0.0, (f"{max(sig.bytes_fwd, sig.bytes_rev)} bytes {way} the remote side "
+                                                   f"in bulk",))
+    if sig.echo_fwd >= p.min_echo_pairs and sig.keystroke is not None:
+        return Verdict(SshUse.INTERACTIVE, 0.0, (f"{sig.echo_fwd} keystrokes from the sandbox side echoed by the "
+                                                 f"remote side",))
+    if sig.login.no_session and sig.answered_fwd >= 1 and sig.answered_fwd >= sig.answered_rev:
+        fwd.append((0.7, f"with no shell session (ssh -N), the sandbox side sent {sig.answered_fwd} short requests "
+                         f"answered with bulk data through the connection: a port forward (-L) or SOCKS proxy (-D)"))
+    elif sig.login.no_session and held:
+        fwd.append((0.5, "ssh -N: no session was opened; " + held))
+    if fwd:
+        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd))
+    return Verdict(SshUse.UNDETERMINED, 0.0, ())
+
+
+def _held_open(sig: SshSignals, p: Params) -> str | None:
+    """1.7 R7: a connection that carries nothing but regular keepalives from the sandbox side."""
+    if sig.keepalives >= p.keepalive_min and sig.keepalive_cv <= p.keepalive_max_cv and \
+            sig.led_fwd + sig.led_rev <= 2:
+        return (f"the connection is held open by {sig.keepalives} keepalives every {sig.keepalive_interval:.1f} s "
+                f"(spacing CV {sig.keepalive_cv:.2f}) and carries nothing else")
+    return None
+
+
+def _combine(parts: list[tuple[float, str]]) -> float:
+    """Noisy-OR of independent pieces of evidence."""
+    miss = 1.0
+    for score, _ in parts:
+        miss *= 1.0 - score
+    return round(1.0 - miss, 3)
+
+
+def _severity(use: SshUse, score: float, n_evidence: int) -> Severity:
+    if use is SshUse.REVERSE_TUNNEL:
+        return Severity.CRITICAL if score >= 0.9 and n_evidence >= 2 else Severity.HIGH
+    return Severity.HIGH if score >= 0.9 else Severity.MEDIUM
+
+
+class SshTunnelDetector:
+    """Finds SSH on any port and reports reverse tunnels (`reverse_ssh_tunnel`) and other tunnels (`ssh_tunnel`)."""
+
+    name = "ssh_tunnel"
+
+    def __init__(self, params: Params = Params()):
+        self.params = params
+
+    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+        result = BatchResult()
+        recs = batch.records
+        if not len(recs):
+            return result
+        prefix = batch.payload_prefix(4)
+        upper = prefix & 0xDF  # ASCII upper case, for the case-insensitive "SSH-" (Zeek dpd.sig)
+        ssh = ((upper[:, :, 0] == ord("S")) & (upper[:, :, 1] == ord("S")) & (upper[:, :, 2] == ord("H"))
+               & (prefix[:, :, 3] == ord("-"))).any(axis=1)
+        ws = ((prefix[:, 0, :] == np.frombuffer(b"GET ", np.uint8)).all(axis=1)
+              & (prefix[:, 1, :] == np.frombuffer(b"HTTP", np.uint8)).all(axis=1))
+        candidates = np.flatnonzero((ssh | ws) & (recs["proto"] == 6))
+        for row in candidates:
+            self._inspect_flow(batch, int(row), bool(ssh[row]), capture, result)
+        return result
+
+    def _inspect_flow(self, batch: FlowBatch, row: int, plain: bool, capture: str, result: BatchResult) -> None:
+        orig, resp = batch.kept_stream(row, 0), batch.kept_stream(row, 1)
+        carrier = None
+        if not plain:
+            inner = websocket_streams(orig, resp)
+            if inner is None:
+                return
+            orig, resp = inner
+            carrier = "websocket"
+        hs = parse_handshake(orig, resp)
+        if hs is None:
+            return
+        rec = batch.records[row]
+        conv = batch.conversation(row)
+        if carrier is not None:
+            # record sizes inside WebSocket frames do not follow the SSH model; the carrier is the evidence
+            verdict = Verdict(SshUse.TUNNEL, 0.9, (f"SSH ({_banner(hs)}) carried inside WebSocket frames after an "
+                                                    f"HTTP Upgrade: SSH hidden in web traffic (wstunnel-like)",))
+        elif conv is None:
+            verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
+        else:
+            sizes, _ = batch.early_sequence(row)
+            verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params)
+        ssh_info = {
+            "client_banner": hs.client.banner, "server_banner": hs.server.banner,
+            "hassh": hs.hassh(), "hassh_server": hs.hassh_server(), "cipher": hs.cipher, "mac": hs.mac,
+        }
+        result.annotate(row, app="ssh", ssh_use=str(verdict.use), ssh=ssh_info)
+        if verdict.use not in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL):
+            return
+        score = verdict.score
+        evidence = list(verdict.evidence)
+        port = int(rec["resp_port"])
+        if port != 22:
+            score = min(1.0, score + self.params.nonstandard_port_bonus)
+            evidence.append(f"SSH runs on port {port}, not 22")
+        kind = FindingKind.REVERSE_SSH_TUNNEL if verdict.use is SshUse.REVERSE_TUNNEL else FindingKind.SSH_TUNNEL
+        result.findings.append(Finding(
+            kind=kind, severity=_severity(verdict.use, score, len(verdict.evidence)), score=round(score, 3),
+            evidence=tuple(evidence), flow=rec.copy(), capture=capture,
+            details={"ssh": ssh_info, "ssh_use": str(verdict.use)}))
+
+
+def _banner(hs: SshHandshake) -> str:
+    return hs.client.banner or hs.server.banner or "no banner"

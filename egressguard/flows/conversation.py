@@ -1,0 +1,140 @@
+"""numba kernels: the shape of a conversation over a flow's whole life, from payload sizes, directions and times.
+
+Encrypted tunnels hide their content, not their rhythm. Per payload slot we keep, with fixed-size state:
+echo pairs (a small packet answered by one of the same size from the other side within 0.5 s), bursts (runs of
+payload packets separated by >= 1 s of silence) with the side that spoke first, ping-pong bursts (one packet each
+way: keepalives) with the regularity of their spacing, and bursts that open with a bulk exchange both ways (a
+handshake nested inside the flow). No thresholds live here; detectors interpret these facts.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ECHO_MAX_SIZE = 256  # echo pairs are counted per 4-byte size bucket below this (SSH records are multiples of 4)
+ECHO_BUCKETS = ECHO_MAX_SIZE // 4
+ECHO_WINDOW_NS = 500_000_000  # §1.7 R2: the echo follows within 0.5 s
+BURST_GAP_NS = 1_000_000_000  # silence that separates bursts (detection-science §6 "burst = gap >= 1 s")
+HANDSHAKE_WINDOW_NS = 2_000_000_000  # §1.7 R6: bulk packets both ways within 2 s of the burst start
+HANDSHAKE_MIN_SIZE = 500  # §1.7 R6: inner KEXINITs are ~1-1.5 KB
+ANSWER_MIN_BYTES = 4096  # a bulk answer: at least this many bytes ...
+ANSWER_RATIO = 4  # ... and this many times what the leader sent in the burst (a request and its response)
+
+# conv_i[slot, ...] (int64); a nested handshake is a later burst with >= 1 bulk packet each way and >= 3 in all
+CI_PEND_DIR = 0  # direction of the packet waiting for its echo, -1 if none
+CI_PEND_LEN = 1
+CI_PEND_TS = 2
+CI_LAST_TS = 3  # time of the last payload packet, 0 before the first
+CI_BURST_START = 4
+CI_BURST_LEADER = 5
+CI_BURST_PL0 = 6  # payload packets of the open burst, orig / resp
+CI_BURST_PL1 = 7
+CI_BURST_BIG0 = 8  # packets >= HANDSHAKE_MIN_SIZE within HANDSHAKE_WINDOW_NS of the burst start
+CI_BURST_BIG1 = 9
+CI_BURSTS = 10  # bursts started
+CI_LED0 = 11  # closed bursts that were not ping-pongs, by the side that spoke first
+CI_LED1 = 12
+CI_NESTED0 = 13  # later bursts that opened with a bulk exchange both ways, by the side that spoke first
+CI_NESTED1 = 14
+CI_PINGPONG0 = 15  # bursts of exactly one payload packet each way, by the side that spoke first
+CI_PINGPONG1 = 16
+CI_PINGPONG_LAST0 = 17
+CI_PINGPONG_LAST1 = 18
+CI_OPEN = 19  # 1 while a burst is open
+CI_BURST_BYTES0 = 20  # payload bytes of the open burst, orig / resp
+CI_BURST_BYTES1 = 21
+CI_ANSWERED0 = 22  # closed bursts in which the other side answered the leader with bulk data, by leader
+CI_ANSWERED1 = 23
+N_CONV_I = 24
+
+# conv_f[slot, ...] (float64): Welford mean / M2 of the seconds between ping-pong bursts of each leader
+CF_PP_MEAN0 = 0
+CF_PP_M2_0 = 1
+CF_PP_MEAN1 = 2
+CF_PP_M2_1 = 3
+N_CONV_F = 4
+
+
+@njit(cache=True)
+def conversation_reset(conv_i, conv_f, echo_pairs, s):
+    """Clear slot s before a new flow uses it."""
+    for k in range(conv_i.shape[1]):
+        conv_i[s, k] = 0
+    conv_i[s, CI_PEND_DIR] = -1
+    for k in range(conv_f.shape[1]):
+        conv_f[s, k] = 0.0
+    for d in range(2):
+        for b in range(echo_pairs.shape[2]):
+            echo_pairs[s, d, b] = 0
+
+
+@njit(cache=True)
+def conversation_close(conv_i, conv_f, s):
+    """Close the open burst of slot s (called when a new burst starts and when the flow is emitted)."""
+    if conv_i[s, CI_OPEN] == 0:
+        return
+    conv_i[s, CI_OPEN] = 0
+    leader = conv_i[s, CI_BURST_LEADER]
+    start = conv_i[s, CI_BURST_START]
+    if conv_i[s, CI_BURST_PL0] == 1 and conv_i[s, CI_BURST_PL1] == 1:
+        n = conv_i[s, CI_PINGPONG0 + leader] + 1
+        conv_i[s, CI_PINGPONG0 + leader] = n
+        last = conv_i[s, CI_PINGPONG_LAST0 + leader]
+        if n >= 2:
+            dt = (start - last) / 1e9
+            k = n - 1  # intervals so far
+            mean = conv_f[s, CF_PP_MEAN0 + 2 * leader]
+            delta = dt - mean
+            mean += delta / k
+            conv_f[s, CF_PP_MEAN0 + 2 * leader] = mean
+            conv_f[s, CF_PP_M2_0 + 2 * leader] += delta * (dt - mean)
+        conv_i[s, CI_PINGPONG_LAST0 + leader] = start
+    else:
+        conv_i[s, CI_LED0 + leader] += 1
+    big0 = conv_i[s, CI_BURST_BIG0]
+    big1 = conv_i[s, CI_BURST_BIG1]
+    if conv_i[s, CI_BURSTS] >= 2 and big0 >= 1 and big1 >= 1 and big0 + big1 >= 3:
+        conv_i[s, CI_NESTED0 + leader] += 1
+    asked = conv_i[s, CI_BURST_BYTES0 + leader]
+    answer = conv_i[s, CI_BURST_BYTES0 + 1 - leader]
+    if answer >= ANSWER_MIN_BYTES and answer >= ANSWER_RATIO * asked:
+        conv_i[s, CI_ANSWERED0 + leader] += 1
+
+
+@njit(cache=True)
+def conversation_update(conv_i, conv_f, echo_pairs, s, d, size, ts):
+    """Account one payload packet (direction d, L4 payload `size` bytes, time ts ns) of the flow in slot s."""
+    # echo pairs
+    pend = conv_i[s, CI_PEND_DIR]
+    if size < ECHO_MAX_SIZE:
+        if pend == 1 - d and conv_i[s, CI_PEND_LEN] == size and ts - conv_i[s, CI_PEND_TS] <= ECHO_WINDOW_NS:
+            b = size // 4
+            if echo_pairs[s, pend, b] < 65535:
+                echo_pairs[s, pend, b] += 1
+            conv_i[s, CI_PEND_DIR] = -1
+        else:
+            conv_i[s, CI_PEND_DIR] = d
+            conv_i[s, CI_PEND_LEN] = size
+            conv_i[s, CI_PEND_TS] = ts
+    else:
+        conv_i[s, CI_PEND_DIR] = -1
+    # bursts
+    last = conv_i[s, CI_LAST_TS]
+    if conv_i[s, CI_OPEN] == 0 or ts - last >= BURST_GAP_NS:
+        conversation_close(conv_i, conv_f, s)
+        conv_i[s, CI_OPEN] = 1
+        conv_i[s, CI_BURSTS] += 1
+        conv_i[s, CI_BURST_START] = ts
+        conv_i[s, CI_BURST_LEADER] = d
+        conv_i[s, CI_BURST_PL0] = 0
+        conv_i[s, CI_BURST_PL1] = 0
+        conv_i[s, CI_BURST_BIG0] = 0
+        conv_i[s, CI_BURST_BIG1] = 0
+        conv_i[s, CI_BURST_BYTES0] = 0
+        conv_i[s, CI_BURST_BYTES1] = 0
+    conv_i[s, CI_BURST_PL0 + d] += 1
+    conv_i[s, CI_BURST_BYTES0 + d] += size
+    if size >= HANDSHAKE_MIN_SIZE and ts - conv_i[s, CI_BURST_START] <= HANDSHAKE_WINDOW_NS:
+        conv_i[s, CI_BURST_BIG0 + d] += 1
+    if ts > last:
+        conv_i[s, CI_LAST_TS] = ts
