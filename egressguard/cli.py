@@ -61,6 +61,10 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         raise click.UsageError(f"--payload-slots ({slots}) cannot exceed --capacity ({capacity})")
     settings = Settings(flows=FlowSettings(capacity=capacity, payload_slots=slots, tcp_idle_s=tcp_idle,
                                            other_idle_s=other_idle, active_s=active_timeout))
+    try:
+        settings.flows.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     report = _make_report(fmt, with_flows)
     show_progress = sys.stderr.isatty() if progress is None else progress
     failures = 0

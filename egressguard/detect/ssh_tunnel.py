@@ -9,6 +9,7 @@ starts handshakes inside the connection, which side only acknowledges.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from egressguard.flows import FlowBatch
 from egressguard.flows.table import Conversation
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
 from egressguard.payload.websocket import websocket_streams
-from egressguard.schema import Finding, FindingKind, Severity
+from egressguard.schema import EndReason, Finding, FindingKind, FlowFlag, Severity
 
 ORIG, RESP = 0, 1
 
@@ -52,6 +53,7 @@ class Params:
     transfer_min_bytes: int = 256 * 1024  # bulk: at least this much one way ...
     transfer_share: float = 0.9  # ... and this share of all payload bytes in that direction
     nonstandard_port_bonus: float = 0.05  # 1.7 R1: SSH away from port 22 is worth a little more suspicion
+    remembered_connections: int = 65536  # SSH flows cut by a timeout or eviction, kept to recognise their rest
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,30 @@ def _severity(use: SshUse, score: float, n_evidence: int) -> Severity:
     return Severity.HIGH if score >= 0.9 else Severity.MEDIUM
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """An SSH flow that ended without closing: its rest may come as a flow with no handshake."""
+
+    handshake: SshHandshake
+    use: SshUse
+    first_seen: float
+
+
+_CUT_SHORT = (int(EndReason.IDLE), int(EndReason.ACTIVE_TIMEOUT), int(EndReason.EVICTED))
+
+
 class SshTunnelDetector:
-    """Finds SSH on any port and reports reverse tunnels (`reverse_ssh_tunnel`) and other tunnels (`ssh_tunnel`)."""
+    """Finds SSH on any port and reports reverse tunnels (`reverse_ssh_tunnel`) and other tunnels (`ssh_tunnel`).
+
+    It remembers SSH flows that were cut by a timeout or an eviction, so that the rest of such a connection (which
+    arrives with no banner) is still recognised and classified with the original handshake.
+    """
 
     name = "ssh_tunnel"
 
     def __init__(self, params: Params = Params()):
         self.params = params
+        self._remembered: OrderedDict[tuple, _Remembered] = OrderedDict()
 
     def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
         result = BatchResult()
@@ -229,9 +248,17 @@ class SshTunnelDetector:
                & (prefix[:, :, 3] == ord("-"))).any(axis=1)
         ws = ((prefix[:, 0, :] == np.frombuffer(b"GET ", np.uint8)).all(axis=1)
               & (prefix[:, 1, :] == np.frombuffer(b"HTTP", np.uint8)).all(axis=1))
-        candidates = np.flatnonzero((ssh | ws) & (recs["proto"] == 6))
-        for row in candidates:
+        tcp = recs["proto"] == 6
+        for row in np.flatnonzero((ssh | ws) & tcp):
             self._inspect_flow(batch, int(row), bool(ssh[row]), capture, result)
+        if self._remembered:
+            flags = recs["flow_flags"]
+            no_handshake = tcp & ~ssh & ~ws & (((flags & int(FlowFlag.SAW_SYN)) == 0)
+                                               | ((flags & int(FlowFlag.CONTINUED)) != 0))
+            for row in np.flatnonzero(no_handshake):
+                key = _endpoints(recs[row])
+                if key in self._remembered:
+                    self._inspect_continuation(batch, int(row), self._remembered.pop(key), capture, result)
         return result
 
     def _inspect_flow(self, batch: FlowBatch, row: int, plain: bool, capture: str, result: BatchResult) -> None:
@@ -257,6 +284,34 @@ class SshTunnelDetector:
         else:
             sizes, _ = batch.early_sequence(row)
             verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params)
+        if int(rec["end_reason"]) in _CUT_SHORT:
+            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9))
+        self._report(rec, row, hs, verdict, capture, result)
+
+    def _inspect_continuation(self, batch: FlowBatch, row: int, prior: _Remembered, capture: str,
+                              result: BatchResult) -> None:
+        rec = batch.records[row]
+        hs = prior.handshake
+        conv = batch.conversation(row)
+        verdict = classify(hs, measure(hs, conv, rec, []), self.params) if conv is not None else \
+            Verdict(SshUse.UNDETERMINED, 0.0, ())
+        note = (f"this flow continues an SSH connection between the same endpoints first seen at "
+                f"{prior.first_seen:.3f} (no new handshake), which was classified as {prior.use}")
+        if prior.use in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL) and verdict.use not in (SshUse.REVERSE_TUNNEL,
+                                                                                      SshUse.TUNNEL):
+            verdict = Verdict(prior.use, 0.8, ())
+        verdict = Verdict(verdict.use, verdict.score, (note,) + verdict.evidence)
+        if int(rec["end_reason"]) in _CUT_SHORT:
+            self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen))
+        self._report(rec, row, hs, verdict, capture, result)
+
+    def _remember(self, rec: np.void, item: _Remembered) -> None:
+        self._remembered[_endpoints(rec)] = item
+        while len(self._remembered) > self.params.remembered_connections:
+            self._remembered.popitem(last=False)
+
+    def _report(self, rec: np.void, row: int, hs: SshHandshake, verdict: Verdict, capture: str,
+                result: BatchResult) -> None:
         ssh_info = {
             "client_banner": hs.client.banner, "server_banner": hs.server.banner,
             "hassh": hs.hassh(), "hassh_server": hs.hassh_server(), "cipher": hs.cipher, "mac": hs.mac,
@@ -275,6 +330,13 @@ class SshTunnelDetector:
             kind=kind, severity=_severity(verdict.use, score, len(verdict.evidence)), score=round(score, 3),
             evidence=tuple(evidence), flow=rec.copy(), capture=capture,
             details={"ssh": ssh_info, "ssh_use": str(verdict.use)}))
+
+
+def _endpoints(rec: np.void) -> tuple:
+    """Direction-free identity of a connection (the 5-tuple)."""
+    a = (int(rec["orig_hi"]), int(rec["orig_lo"]), int(rec["orig_port"]))
+    b = (int(rec["resp_hi"]), int(rec["resp_lo"]), int(rec["resp_port"]))
+    return (int(rec["proto"]),) + (a + b if a <= b else b + a)
 
 
 def _banner(hs: SshHandshake) -> str:

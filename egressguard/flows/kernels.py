@@ -30,7 +30,8 @@ META_SIZE = 9
 P_TCP_IDLE_NS = 0
 P_OTHER_IDLE_NS = 1
 P_ACTIVE_NS = 2  # 0 disables the active timeout
-PARAMS_SIZE = 3
+P_CLOSED_IDLE_NS = 3  # TCP connections that saw RST, or FIN both ways
+PARAMS_SIZE = 4
 
 # FlowFlag / EndReason values (schema.py), as plain ints for the kernels
 F_SAW_SYN = 1
@@ -437,9 +438,8 @@ def update_table(t, buf, packets, start, out):
         orig_is_src = True
         if ridx >= 0:
             r = t.records[ridx]
-            idle = t.params[P_TCP_IDLE_NS] if p.proto == 6 else t.params[P_OTHER_IDLE_NS]
-            closed = (r.orig_tcp_flags | r.resp_tcp_flags) & TCP_RST != 0 or (
-                (r.orig_tcp_flags & TCP_FIN) != 0 and (r.resp_tcp_flags & TCP_FIN) != 0)
+            closed = _closed(r)
+            idle = _idle_timeout(t, r, closed)
             reason = 0
             if ts - r.last_seen_ns > idle:
                 reason = END_IDLE
@@ -487,23 +487,34 @@ def reason_is_fresh(new_flags):
     return (new_flags & F_CONTINUED) == 0
 
 
+@njit(cache=True, inline="always")
+def _closed(r):
+    """A TCP connection that saw RST, or FIN in both directions."""
+    return r.proto == 6 and (((r.orig_tcp_flags | r.resp_tcp_flags) & TCP_RST) != 0 or (
+        (r.orig_tcp_flags & TCP_FIN) != 0 and (r.resp_tcp_flags & TCP_FIN) != 0))
+
+
+@njit(cache=True, inline="always")
+def _idle_timeout(t, r, closed):
+    if r.proto != 6:
+        return t.params[P_OTHER_IDLE_NS]
+    return t.params[P_CLOSED_IDLE_NS] if closed else t.params[P_TCP_IDLE_NS]
+
+
 @njit(cache=True)
 def expire_idle(t, now_ns, out):
     """Emit records idle past their timeout at time now_ns, oldest first, until out is full.
 
     Returns the number of records written to out."""
     n_out = 0
-    tcp_idle = t.params[P_TCP_IDLE_NS]
-    other_idle = t.params[P_OTHER_IDLE_NS]
-    shortest = min(tcp_idle, other_idle)
+    shortest = min(t.params[P_TCP_IDLE_NS], t.params[P_OTHER_IDLE_NS], t.params[P_CLOSED_IDLE_NS])
     i = t.meta[M_TAIL]
     while i >= 0 and n_out < out.shape[0]:
         r = t.records[i]
         if now_ns - r.last_seen_ns <= shortest:
             break
         prev = t.lru_prev[i]
-        idle = tcp_idle if r.proto == 6 else other_idle
-        if now_ns - r.last_seen_ns > idle:
+        if now_ns - r.last_seen_ns > _idle_timeout(t, r, _closed(r)):
             n_out = _emit(t, i, END_IDLE, out, n_out)
         i = prev
     return n_out

@@ -20,8 +20,10 @@ MAX_TIMEOUT_S = 1e9  # about 31 years: timeouts are kept as int64 nanoseconds
 class FlowSettings:
     """Limits and timeouts of the flow table.
 
-    Defaults: TCP idle 300 s as Zeek's tcp_inactivity_timeout, other protocols 60 s (Zeek udp/icmp inactivity),
-    active timeout 3600 s; payload keeping of 4 packets / 2 KiB per direction holds an SSH banner with its KEXINIT,
+    Defaults: TCP idle 900 s, three times Zeek's tcp_inactivity_timeout, because a reverse tunnel left idle for
+    minutes must stay one flow with its handshake; closed TCP connections (RST, or FIN both ways) end 10 s after
+    their last packet (Zeek's tcp_close_delay is 5 s); other protocols 60 s (Zeek udp/icmp inactivity); active
+    timeout 3600 s. Payload keeping of 4 packets / 2 KiB per direction holds an SSH banner with its KEXINIT,
     a TLS ClientHello or the first Stratum messages.
     """
 
@@ -30,9 +32,10 @@ class FlowSettings:
     keep_packets: int = 4
     keep_bytes: int = 2048
     sequence_length: int = 64
-    tcp_idle_s: float = 300.0
+    tcp_idle_s: float = 900.0
     other_idle_s: float = 60.0
     active_s: float = 3600.0
+    closed_idle_s: float = 10.0
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when a value is out of range."""
@@ -40,7 +43,7 @@ class FlowSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
-        for name in ("tcp_idle_s", "other_idle_s", "active_s"):
+        for name in ("tcp_idle_s", "other_idle_s", "active_s", "closed_idle_s"):
             # NaN and infinity would pass the range checks below and then fail (or overflow int64) as nanoseconds
             if not math.isfinite(getattr(self, name)) or getattr(self, name) > MAX_TIMEOUT_S:
                 raise ValueError(f"{name} must be a finite number of seconds up to {MAX_TIMEOUT_S:g}, "
@@ -55,10 +58,10 @@ class FlowSettings:
             raise ValueError(f"kept bytes per direction must be 16..65536, got {self.keep_bytes}")
         if not 0 <= self.sequence_length <= 65535:
             raise ValueError(f"sequence length must be 0..65535, got {self.sequence_length}")
-        for name in ("tcp_idle_s", "other_idle_s", "active_s"):
+        for name in ("tcp_idle_s", "other_idle_s", "active_s", "closed_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        if self.tcp_idle_s == 0 or self.other_idle_s == 0:
+        if self.tcp_idle_s == 0 or self.other_idle_s == 0 or self.closed_idle_s == 0:
             raise ValueError("idle timeouts must be positive")
 
 
@@ -132,6 +135,7 @@ class FlowTable:
         params[kernels.P_TCP_IDLE_NS] = int(settings.tcp_idle_s * 1e9)
         params[kernels.P_OTHER_IDLE_NS] = int(settings.other_idle_s * 1e9)
         params[kernels.P_ACTIVE_NS] = int(settings.active_s * 1e9)
+        params[kernels.P_CLOSED_IDLE_NS] = int(settings.closed_idle_s * 1e9)
         meta = np.zeros(kernels.META_SIZE, np.int64)
         meta[kernels.M_HEAD] = meta[kernels.M_TAIL] = -1
         meta[kernels.M_FREE_TOP] = cap

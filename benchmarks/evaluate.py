@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Evaluate the detectors against labelled captures: per-class precision and recall, every miss and false alarm.
+
+Usage: python benchmarks/evaluate.py [FOLDER ...] [--json OUT]
+       (default folders: captures/ and ../shared/captures/public/ when present)
+
+A folder holds captures and a labels.csv in one of two layouts:
+  lab:    file,client,server,class,note             client "ip" or "ip:port", server "ip:port"
+  public: file,flow,server,expected_class,...       flow "TCP a:p -> b:p", "UDP a:* -> b:53 (...)",
+                                                    "ICMP a <-> b (...)", or "*" (every other flow of the file)
+Classes: reverse_ssh_tunnel, ssh_tunnel_other, ssh_interactive, ssh_transfer, stratum, dns_tunnel, icmp_tunnel,
+benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the class of its worst
+finding, else from the SSH use the detector assigned, else benign.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from egressguard.errors import EgressGuardError  # noqa: E402
+from egressguard.pipeline import Analyzer, FlowsReady  # noqa: E402
+from egressguard.report.records import flow_fields  # noqa: E402
+
+FINDING_CLASS = {"reverse_ssh_tunnel": "reverse_ssh_tunnel", "ssh_tunnel": "ssh_tunnel_other", "mining": "stratum",
+                 "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel"}
+SSH_USE_CLASS = {"interactive": "ssh_interactive", "file_transfer": "ssh_transfer"}
+SEVERITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+FLOW_SPEC = re.compile(r"^(?P<proto>TCP|UDP|ICMP)\s+(?P<a>\S+)\s+(?P<arrow>->|<->)\s+(?P<b>\S+)", re.I)
+
+
+@dataclass
+class FlowSeen:
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    predicted: str
+    detail: str
+
+
+@dataclass
+class LabelRow:
+    file: str
+    cls: str
+    proto: str | None
+    client: str | None
+    client_port: int | None
+    server: str | None
+    server_port: int | None
+    both_ways: bool
+    wildcard: bool
+    text: str
+    flows: list[FlowSeen] = field(default_factory=list)
+
+    def matches(self, f: FlowSeen) -> bool:
+        if self.wildcard:
+            return True
+        if self.proto and f.proto != self.proto:
+            return False
+        ends = [(f.src, f.sport, f.dst, f.dport)]
+        if self.both_ways:
+            ends.append((f.dst, f.dport, f.src, f.sport))
+        for a, ap, b, bp in ends:
+            if self.client and a != self.client:
+                continue
+            if self.client_port is not None and ap != self.client_port:
+                continue
+            if self.server and b != self.server:
+                continue
+            if self.server_port is not None and bp != self.server_port:
+                continue
+            return True
+        return False
+
+
+def _split_endpoint(text: str) -> tuple[str | None, int | None]:
+    if text in ("*", ""):
+        return None, None
+    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+        host, _, port = text.rpartition(":")
+        return host.strip("[]"), None if port == "*" else int(port)
+    return text, None
+
+
+def read_labels(folder: Path) -> list[LabelRow]:
+    rows = []
+    with (folder / "labels.csv").open(newline="") as fh:
+        for rec in csv.DictReader(fh):
+            if "flow" in rec:  # public layout
+                cls, spec = rec["expected_class"], rec["flow"].strip()
+                if spec.startswith("*"):
+                    rows.append(LabelRow(rec["file"], cls, None, None, None, None, None, False, True, spec))
+                    continue
+                m = FLOW_SPEC.match(spec)
+                if not m:
+                    print(f"evaluate: {folder}/labels.csv: cannot read flow {spec!r}; row skipped", file=sys.stderr)
+                    continue
+                a, ap = _split_endpoint(m["a"])
+                b, bp = _split_endpoint(m["b"])
+                rows.append(LabelRow(rec["file"], cls, m["proto"].lower(), a, ap, b, bp, m["arrow"] == "<->", False,
+                                     spec))
+            else:  # lab layout
+                a, ap = _split_endpoint(rec["client"])
+                b, bp = _split_endpoint(rec["server"])
+                rows.append(LabelRow(rec["file"], rec["class"], None, a, ap, b, bp, False, False,
+                                     f"{rec['client']} -> {rec['server']}"))
+    return rows
+
+
+def analyse(path: Path, analyzer: Analyzer) -> list[FlowSeen]:
+    flows = []
+    for event in analyzer.analyze(str(path)):
+        if not isinstance(event, FlowsReady):
+            continue
+        worst: dict[int, tuple[int, str, str]] = {}
+        for finding in event.result.findings:
+            for row in range(len(event.batch.records)):
+                if event.batch.records[row]["key_hash"] == finding.flow["key_hash"] and \
+                        event.batch.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
+                    cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
+                    rank = int(finding.severity)
+                    if row not in worst or rank > worst[row][0]:
+                        worst[row] = (rank, cls, f"{finding.kind} {finding.severity.label()} {finding.score:.2f}")
+        for row in range(len(event.batch.records)):
+            f = flow_fields(event.batch.records[row])
+            if row in worst:
+                predicted, detail = worst[row][1], worst[row][2]
+            else:
+                use = event.result.annotations.get(row, {}).get("ssh_use")
+                predicted, detail = SSH_USE_CLASS.get(use, "benign"), f"ssh_use={use}" if use else "no finding"
+            flows.append(FlowSeen(str(f["proto"]), f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"],
+                                  predicted, detail))
+    return flows
+
+
+def evaluate(folders: list[Path]) -> dict:
+    analyzer = Analyzer()
+    units = []  # (folder, file, label text, expected, predicted, detail)
+    for folder in folders:
+        rows = read_labels(folder)
+        by_file: dict[str, list[LabelRow]] = defaultdict(list)
+        for row in rows:
+            by_file[row.file].append(row)
+        for file, file_rows in sorted(by_file.items()):
+            path = folder / file
+            try:
+                flows = analyse(path, analyzer)
+            except EgressGuardError as exc:
+                print(f"evaluate: {exc}", file=sys.stderr)
+                continue
+            specific = [r for r in file_rows if not r.wildcard]
+            for row in specific:
+                matched = [f for f in flows if row.matches(f)]
+                if not matched:
+                    units.append((folder.name, file, row.text, row.cls, "missing", "no such flow in the capture"))
+                    continue
+                # a row that covers several flows is found when any of its flows is predicted as its class
+                hit = next((f for f in matched if f.predicted == row.cls), None)
+                chosen = hit or max(matched, key=lambda f: f.predicted != "benign")
+                units.append((folder.name, file, row.text, row.cls, chosen.predicted, chosen.detail))
+            for row in (r for r in file_rows if r.wildcard):
+                for f in flows:
+                    if any(s.matches(f) for s in specific):
+                        continue
+                    text = f"{f.proto} {f.src}:{f.sport} -> {f.dst}:{f.dport}"
+                    units.append((folder.name, file, text, row.cls, f.predicted, f.detail))
+    classes = sorted({u[3] for u in units} | {u[4] for u in units if u[4] != "missing"})
+    table = {}
+    for cls in classes:
+        tp = sum(1 for u in units if u[3] == cls and u[4] == cls)
+        labelled = sum(1 for u in units if u[3] == cls)
+        predicted = sum(1 for u in units if u[4] == cls)
+        table[cls] = {"labelled": labelled, "predicted": predicted, "true_positive": tp,
+                      "precision": tp / predicted if predicted else None, "recall": tp / labelled if labelled else None}
+    errors = [dict(zip(("folder", "file", "flow", "expected", "predicted", "detail"), u)) for u in units
+              if u[3] != u[4]]
+    return {"classes": table, "errors": errors, "units": len(units)}
+
+
+def _fmt(x: float | None) -> str:
+    return "   -" if x is None else f"{x:4.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    folders = args.folders or [p for p in (REPO / "captures", REPO.parent / "shared" / "captures" / "public")
+                               if (p / "labels.csv").exists()]
+    for folder in folders:
+        if not (folder / "labels.csv").exists():
+            parser.error(f"{folder}: no labels.csv")
+    result = evaluate(folders)
+    print(f"{'class':22} {'labelled':>8} {'predicted':>9} {'TP':>4} {'precision':>9} {'recall':>6}")
+    for cls, row in result["classes"].items():
+        print(f"{cls:22} {row['labelled']:8d} {row['predicted']:9d} {row['true_positive']:4d} "
+              f"{_fmt(row['precision']):>9} {_fmt(row['recall']):>6}")
+    print(f"\n{len(result['errors'])} of {result['units']} labelled units disagree:")
+    for e in result["errors"]:
+        kind = "MISS" if e["expected"] != "benign" else "FALSE ALARM"
+        if e["expected"] != "benign" and e["predicted"] != "benign":
+            kind = "CONFUSED"
+        print(f"  {kind:11} {e['folder']}/{e['file']}: {e['flow']}: expected {e['expected']}, got {e['predicted']} "
+              f"({e['detail']})")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Shared test setup: a numba cache that cannot go stale, and where the captures are."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAB_CAPTURES = REPO / "captures"
+PUBLIC_CAPTURES = REPO.parent / "shared" / "captures" / "public"
+
+# numba's on-disk cache is keyed by each kernel file's own timestamp, not by the kernels it inlines from other
+# files; key the cache directory by the hash of every kernel source so an edit anywhere recompiles everything.
+_sources = sorted((REPO / "egressguard").rglob("*.py"))
+_digest = hashlib.sha256(b"".join(p.read_bytes() for p in _sources)).hexdigest()[:16]
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba" / _digest))
+
+
+def public_capture(relative: str) -> Path:
+    """Path of a capture in ../shared/captures/public, skipping the test when it is not there."""
+    path = PUBLIC_CAPTURES / relative
+    if not path.exists():
+        pytest.skip(f"public capture {relative} not found (expected under {PUBLIC_CAPTURES})")
+    return path
+
+
+def lab_capture(name: str) -> Path:
+    path = LAB_CAPTURES / name
+    assert path.exists(), f"lab capture {name} missing: run `python captures/lab.py record` as root"
+    return path

@@ -1,0 +1,347 @@
+"""Plain-Python reference of the flow table (a test oracle for egressguard/flows).
+
+Flows live in an ``OrderedDict`` keyed by the canonical bidirectional 5-tuple; the dict order is the LRU order
+(least recently touched first). Every rule mirrors egressguard/flows/kernels.py, written as directly as possible:
+
+* packets with ip_version 0 are skipped (counted);
+* the originator is the sender of a bare SYN, the receiver of a SYN-ACK seen first, else the sender of the first
+  packet; a bare SYN or a SYN-ACK opening a record sets SAW_SYN;
+* when a packet of a live 5-tuple arrives, in this order: later than the idle timeout (TCP or other) after the
+  record's last packet -> END_IDLE; a bare SYN on a closed connection (RST seen, or FIN in both directions) ->
+  END_PORT_REUSE (the new record gets PORT_REUSE); older than the active timeout since the record's first packet ->
+  END_ACTIVE_TIMEOUT (the new record keeps the orientation and SAW_SYN and gets CONTINUED);
+* a new record in a full table evicts the least recently touched one (END_EVICTED);
+* TCP payload whose sequence number lies before the direction's next expected one is a retransmission: counted, not
+  added to the payload statistics and not kept (a SYN only sets the next expected number; 0 means unknown);
+* the first ``keep_packets`` fresh payload packets per direction keep their first bytes (``keep_bytes`` per
+  direction in all), and the first ``sequence_length`` fresh payload packets of the flow give the early sequence
+  (+size orig / -size resp, microseconds since first_seen), even when none of its bytes were captured; this
+  needs a payload slot, taken at the first such packet; when none is free the flow gets SLOT_DENIED (counted
+  once) and never keeps payload;
+* emitted records keep their slot until the batch that carries them is released: at the end of each update(), or
+  when the output buffer of ``out_size`` records cannot take two more records (the kernel returns early);
+* expire(now) walks from the least recently touched record and stops at the first one idle for no more than the
+  shortest timeout, emitting those past their own protocol's timeout; flush() emits everything, oldest first.
+
+Timestamps need not be monotonic: the LRU order is the order packets were processed in, as in the kernel.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from egressguard.schema import FLOW_DTYPE, PACKET_DTYPE
+
+M64 = (1 << 64) - 1
+TCP, FIN, SYN, RST, ACK = 6, 0x01, 0x02, 0x04, 0x10
+SAW_SYN, SLOT_DENIED, CONTINUED, PORT_REUSE = 1, 2, 4, 8
+ACTIVE, END_IDLE, END_ACTIVE_TIMEOUT, END_EVICTED, END_OF_INPUT, END_PORT_REUSE = 0, 1, 2, 3, 4, 5
+FLOW_FIELDS = FLOW_DTYPE.names
+DIRECTION_FIELDS = ("pkts", "bytes", "payload_bytes", "payload_pkts", "bare_acks", "retransmits", "tcp_flags",
+                    "payload_min", "payload_max", "payload_mean", "payload_m2", "iat_mean", "iat_m2", "last_ns",
+                    "next_seq")
+FLOAT_FIELDS = tuple(n for n in FLOW_FIELDS if FLOW_DTYPE[n].kind == "f")
+INT_FIELDS = tuple(n for n in FLOW_FIELDS if FLOW_DTYPE[n].kind != "f")
+
+
+def _mix(h: int, v: int) -> int:
+    return h ^ ((v + 0x9E3779B97F4A7C15 + ((h << 6) & M64) + (h >> 2)) & M64)
+
+
+def key_hash(a_hi: int, a_lo: int, b_hi: int, b_lo: int, a_port: int, b_port: int, proto: int) -> int:
+    """flow_key_hash in plain Python (64-bit wrap-around made explicit)."""
+    if (a_hi, a_lo, a_port) > (b_hi, b_lo, b_port):
+        a_hi, a_lo, a_port, b_hi, b_lo, b_port = b_hi, b_lo, b_port, a_hi, a_lo, a_port
+    h = proto
+    for v in (a_hi, a_lo, b_hi, b_lo, (a_port << 16) | b_port):
+        h = _mix(h, v)
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & M64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & M64
+    h ^= h >> 31
+    return h
+
+
+def canonical_key(p: dict) -> tuple:
+    """The direction-free identity of a packet's flow."""
+    a = (p["src_hi"], p["src_lo"], p["sport"])
+    b = (p["dst_hi"], p["dst_lo"], p["dport"])
+    return (p["proto"],) + (a + b if a <= b else b + a)
+
+
+def packets_as_dicts(packets: np.ndarray) -> list[dict]:
+    names = PACKET_DTYPE.names
+    return [dict(zip(names, row)) for row in packets.tolist()]
+
+
+def make_packets(rows: list[dict]) -> np.ndarray:
+    """A PACKET array from dicts (missing fields are 0; ip_version defaults to 4)."""
+    out = np.zeros(len(rows), PACKET_DTYPE)
+    for i, row in enumerate(rows):
+        out[i]["ip_version"] = 4
+        for k, v in row.items():
+            out[i][k] = v
+    return out
+
+
+def _seq_before(seq: int, next_seq: int) -> bool:
+    diff = (seq - next_seq) & 0xFFFFFFFF
+    return diff >= 0x80000000
+
+
+class _Flow:
+    __slots__ = ("rec", "slot", "kept", "kept_len", "fill", "seq")
+
+    def __init__(self, rec: dict):
+        self.rec = rec
+        self.slot = -1
+        self.kept: tuple[list[bytes], list[bytes]] = ([], [])
+        self.kept_len: tuple[list[int], list[int]] = ([], [])
+        self.fill = [0, 0]
+        self.seq: list[tuple[int, int]] = []
+
+
+class NaiveFlowTable:
+    """The reference table; update/expire/flush return the emitted records (dicts) in emission order.
+
+    Each record dict has every FLOW_DTYPE field, plus ``kept_payload`` (two lists of bytes: orig, resp),
+    ``kept_lengths`` (two lists of L4 payload lengths) and ``early_sequence`` (list of (signed size, dt_us)).
+    """
+
+    def __init__(self, settings, out_size: int = 1 << 15):
+        self.s = settings
+        self.out_cap = max(out_size, 2)
+        self.tcp_idle = int(settings.tcp_idle_s * 1e9)
+        self.other_idle = int(settings.other_idle_s * 1e9)
+        self.active = int(settings.active_s * 1e9)
+        self.closed_idle = int(settings.closed_idle_s * 1e9)
+        self.flows: OrderedDict[tuple, _Flow] = OrderedDict()  # least recently touched first
+        self.free_slots = list(range(settings.payload_slots - 1, -1, -1))
+        self.pending: list[int] = []  # slots of emitted records not yet released
+        self.evictions = self.slot_denied = self.skipped = self.created = 0
+        self.max_live = 0
+
+    @property
+    def live(self) -> int:
+        return len(self.flows)
+
+    # ---- records
+    def _new_record(self, p: dict, orig_is_src: bool, flags: int) -> dict:
+        rec = {n: 0 for n in FLOW_FIELDS}
+        for n in FLOAT_FIELDS:
+            rec[n] = 0.0
+        s, d = ("src", "dst") if orig_is_src else ("dst", "src")
+        rec.update(
+            key_hash=key_hash(p["src_hi"], p["src_lo"], p["dst_hi"], p["dst_lo"], p["sport"], p["dport"], p["proto"]),
+            orig_hi=p[s + "_hi"], orig_lo=p[s + "_lo"], resp_hi=p[d + "_hi"], resp_lo=p[d + "_lo"],
+            orig_port=p["sport"] if orig_is_src else p["dport"], resp_port=p["dport"] if orig_is_src else p["sport"],
+            first_seen_ns=p["ts_ns"], last_seen_ns=p["ts_ns"], vlan=p["vlan"], iface=p["iface"], proto=p["proto"],
+            ip_version=p["ip_version"], flow_flags=flags, slot=-1)
+        return rec
+
+    def _emit(self, key: tuple, reason: int) -> dict:
+        f = self.flows.pop(key)
+        out = dict(f.rec)
+        out["end_reason"] = reason
+        out["slot"] = f.slot
+        self._attach_payload(out, f)
+        if f.slot >= 0:
+            self.pending.append(f.slot)
+        return out
+
+    @staticmethod
+    def _attach_payload(out: dict, f: _Flow) -> None:
+        out["kept_payload"] = (list(f.kept[0]), list(f.kept[1]))
+        out["kept_lengths"] = (list(f.kept_len[0]), list(f.kept_len[1]))
+        out["early_sequence"] = list(f.seq)
+
+    def _release(self) -> None:
+        self.free_slots.extend(self.pending)
+        self.pending.clear()
+
+    # ---- per packet
+    def _stats(self, rec: dict, d: int, p: dict) -> bool:
+        """Direction statistics; True when the packet carries fresh (not retransmitted) payload."""
+        x = "orig_" if d == 0 else "resp_"
+        fl, pl, ts = p["tcp_flags"], p["payload_bytes"], p["ts_ns"]
+        n_before = rec[x + "pkts"]
+        rec[x + "pkts"] += 1
+        rec[x + "bytes"] += p["wire_bytes"]
+        rec[x + "tcp_flags"] |= fl
+        if p["proto"] == TCP and fl & ACK and pl == 0 and not fl & (SYN | FIN | RST):
+            rec[x + "bare_acks"] += 1
+        if n_before > 0:
+            dt = max(ts - rec[x + "last_ns"], 0) / 1e9
+            delta = dt - rec[x + "iat_mean"]
+            rec[x + "iat_mean"] += delta / n_before
+            rec[x + "iat_m2"] += delta * (dt - rec[x + "iat_mean"])
+        rec[x + "last_ns"] = max(ts, rec[x + "last_ns"])
+        if rec[x + "mac"] == 0:
+            rec[x + "mac"] = p["src_mac"]
+        fresh = True
+        if p["proto"] == TCP:
+            if fl & SYN:
+                rec[x + "next_seq"] = (p["tcp_seq"] + 1) & 0xFFFFFFFF
+            elif pl > 0:
+                if rec[x + "next_seq"] != 0 and _seq_before(p["tcp_seq"], rec[x + "next_seq"]):
+                    rec[x + "retransmits"] += 1
+                    fresh = False
+                else:
+                    rec[x + "next_seq"] = (p["tcp_seq"] + pl) & 0xFFFFFFFF
+        if pl > 0 and fresh:
+            rec[x + "payload_pkts"] += 1
+            rec[x + "payload_bytes"] += pl
+            size = min(pl, 65535)
+            if rec[x + "payload_min"] == 0 or size < rec[x + "payload_min"]:
+                rec[x + "payload_min"] = size
+            rec[x + "payload_max"] = max(rec[x + "payload_max"], size)
+            delta = pl - rec[x + "payload_mean"]
+            rec[x + "payload_mean"] += delta / rec[x + "payload_pkts"]
+            rec[x + "payload_m2"] += delta * (pl - rec[x + "payload_mean"])
+        return fresh and pl > 0
+
+    def _keep(self, f: _Flow, d: int, p: dict, buf) -> None:
+        rec = f.rec
+        if f.slot < 0:
+            if rec["flow_flags"] & SLOT_DENIED:
+                return
+            if not self.free_slots:
+                rec["flow_flags"] |= SLOT_DENIED
+                self.slot_denied += 1
+                return
+            f.slot = self.free_slots.pop()
+        s = self.s
+        if len(f.kept[d]) < s.keep_packets:
+            n = max(0, min(p["payload_caplen"], s.keep_bytes - f.fill[d]))
+            off = p["payload_offset"]
+            f.kept[d].append(bytes(buf[off:off + n]))
+            f.kept_len[d].append(p["payload_bytes"])
+            f.fill[d] += n
+        if len(f.seq) < s.sequence_length:
+            size = min(p["payload_bytes"], 0x7FFFFFFF)
+            dt_us = min(max((p["ts_ns"] - rec["first_seen_ns"]) // 1000, 0), 0xFFFFFFFF)
+            f.seq.append((size if d == 0 else -size, dt_us))
+            rec["seq_count"] = len(f.seq)
+
+    # ---- the table's operations
+    def update(self, packets: np.ndarray, buf) -> list[dict]:
+        out: list[dict] = []
+        n_out = 0
+        for p in packets_as_dicts(packets):
+            if n_out + 1 >= self.out_cap:  # the kernel hands out a batch; the consumer releases its slots
+                self._release()
+                n_out = 0
+            if p["ip_version"] == 0:
+                self.skipped += 1
+                continue
+            out_before = len(out)
+            self._packet(p, buf, out)
+            n_out += len(out) - out_before
+        self._release()
+        return out
+
+    def _packet(self, p: dict, buf, out: list[dict]) -> None:
+        key = canonical_key(p)
+        ts, fl = p["ts_ns"], p["tcp_flags"]
+        is_tcp = p["proto"] == TCP
+        bare_syn = is_tcp and fl & (SYN | ACK) == SYN
+        syn_ack = is_tcp and fl & (SYN | ACK) == SYN | ACK
+        f = self.flows.get(key)
+        d = 0
+        if f is not None:
+            rec = f.rec
+            is_orig_src = (p["src_hi"], p["src_lo"], p["sport"]) == (rec["orig_hi"], rec["orig_lo"], rec["orig_port"]) \
+                and (p["dst_hi"], p["dst_lo"], p["dport"]) == (rec["resp_hi"], rec["resp_lo"], rec["resp_port"])
+            d = 0 if is_orig_src else 1
+        new_flags, orig_is_src, fresh_orientation = 0, True, True
+        if f is not None:
+            rec = f.rec
+            closed = self._closed(rec)
+            idle = self._idle(rec)
+            reason = 0
+            if ts - rec["last_seen_ns"] > idle:
+                reason = END_IDLE
+            elif bare_syn and closed:
+                reason, new_flags = END_PORT_REUSE, PORT_REUSE
+            elif self.active > 0 and ts - rec["first_seen_ns"] > self.active:
+                reason = END_ACTIVE_TIMEOUT
+                new_flags = CONTINUED | (rec["flow_flags"] & SAW_SYN)
+                orig_is_src, fresh_orientation = d == 0, False
+            if reason:
+                out.append(self._emit(key, reason))
+                f = None
+        if f is None:
+            if fresh_orientation:
+                d = 0
+                if bare_syn:
+                    new_flags |= SAW_SYN
+                elif syn_ack:
+                    new_flags |= SAW_SYN
+                    orig_is_src, d = False, 1
+            if len(self.flows) >= self.s.capacity:
+                out.append(self._emit(next(iter(self.flows)), END_EVICTED))
+                self.evictions += 1
+            f = _Flow(self._new_record(p, orig_is_src, new_flags))  # _stats fills in the sender's MAC
+            self.flows[key] = f
+            self.created += 1
+            self.max_live = max(self.max_live, len(self.flows))
+        rec = f.rec
+        self.flows.move_to_end(key)
+        rec["last_seen_ns"] = max(rec["last_seen_ns"], ts)
+        if p["status"] & 8:  # PacketStatus.FRAGMENT
+            rec["fragments"] += 1
+        if self._stats(rec, d, p) and self.s.payload_slots > 0:
+            self._keep(f, d, p, buf)
+
+    @staticmethod
+    def _closed(rec) -> bool:
+        """A TCP connection that saw RST, or FIN in both directions."""
+        flags = rec["orig_tcp_flags"] | rec["resp_tcp_flags"]
+        return rec["proto"] == TCP and (bool(flags & RST) or bool(rec["orig_tcp_flags"] & FIN and rec["resp_tcp_flags"] & FIN))
+
+    def _idle(self, rec) -> int:
+        if rec["proto"] != TCP:
+            return self.other_idle
+        return self.closed_idle if self._closed(rec) else self.tcp_idle
+
+    def expire(self, now_ns: int) -> list[dict]:
+        out = []
+        shortest = min(self.tcp_idle, self.other_idle, self.closed_idle)
+        for key in list(self.flows):
+            rec = self.flows[key].rec
+            if now_ns - rec["last_seen_ns"] <= shortest:
+                break
+            if now_ns - rec["last_seen_ns"] > self._idle(rec):
+                out.append(self._emit(key, END_IDLE))
+        self._release()
+        return out
+
+    def flush(self, reason: int = END_OF_INPUT) -> list[dict]:
+        out = [self._emit(key, reason) for key in list(self.flows)]
+        self._release()
+        return out
+
+    def snapshot(self) -> list[dict]:
+        out = []
+        for f in self.flows.values():
+            rec = dict(f.rec)
+            rec["end_reason"] = ACTIVE
+            rec["slot"] = f.slot
+            self._attach_payload(rec, f)
+            out.append(rec)
+        return out
+
+
+def naive_flows(chunks, settings, out_size: int = 1 << 15, expire: bool = True) -> tuple[list[dict], NaiveFlowTable]:
+    """Run the reference over chunks of (PACKET array, payload buffer) as the pipeline does: update each chunk, then
+    (if `expire`) expire at the chunk's latest timestamp, and flush at the end. Returns (records, table)."""
+    table = NaiveFlowTable(settings, out_size)
+    records: list[dict] = []
+    for packets, buf in chunks:
+        records += table.update(packets, buf)
+        if expire and len(packets):
+            records += table.expire(int(packets["ts_ns"].max()))
+    records += table.flush(END_OF_INPUT)
+    return records, table

@@ -1,0 +1,386 @@
+"""Focused tests of the flow kernels (egressguard/flows/kernels.py): record writes, hashing, the hash index, the LRU.
+
+Passes with and without JIT (``NUMBA_DISABLE_JIT=1`` runs the kernels as Python, for coverage): structured arrays
+handed to the kernels here are ``np.recarray`` views, whose elements take attribute access in plain Python the way
+numba records do (numba types a recarray exactly like the plain array, so the JIT run compiles nothing extra).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from numba import njit
+
+from egressguard.flows import FlowSettings, FlowTable, kernels
+from egressguard.schema import FLOW_DTYPE, EndReason, FlowFlag
+from tests.naive import key_hash as naive_key_hash
+from tests.naive import make_packets
+
+JIT = not numba.config.DISABLE_JIT
+# run as plain Python, the kernels' 64/32-bit wrap-around arithmetic on numpy scalars warns (the results are right)
+pytestmark = [] if JIT else [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+SEC = 10**9
+T0 = 1_700_000_000 * SEC
+V4 = 0x0000FFFF_0A000000  # ::ffff:10.0.0.0
+
+
+def rec(a: np.ndarray) -> np.ndarray:
+    return a.view(np.recarray)
+
+
+def make_table(settings: FlowSettings, out_size: int = 64) -> FlowTable:
+    """A FlowTable whose structured arrays are recarray views (see the module docstring)."""
+    table = FlowTable(settings, out_size=out_size)
+    table.t = table.t._replace(records=rec(table.t.records))
+    table._out = rec(table._out)
+    return table
+
+
+def packets(rows: list[dict]) -> np.ndarray:
+    return rec(make_packets(rows))
+
+
+def udp(ts_s: float, a: int, b: int, sport: int = 1000, dport: int = 53, pl: int = 0, **kw) -> dict:
+    return dict(ts_ns=T0 + int(round(ts_s * SEC)), src_lo=V4 + a, dst_lo=V4 + b, sport=sport, dport=dport,
+                proto=17, payload_bytes=pl, payload_caplen=pl, wire_bytes=42 + pl, **kw)
+
+
+def tcp(ts_s: float, a: int, b: int, sport: int, dport: int, flags: int, seq: int = 0, pl: int = 0, **kw) -> dict:
+    return dict(ts_ns=T0 + int(round(ts_s * SEC)), src_lo=V4 + a, dst_lo=V4 + b, sport=sport, dport=dport,
+                proto=6, tcp_flags=flags, tcp_seq=seq, payload_bytes=pl, payload_caplen=pl, wire_bytes=54 + pl, **kw)
+
+
+def feed(table: FlowTable, rows: list[dict], buf: np.ndarray | None = None) -> list[np.ndarray]:
+    buf = np.zeros(64, np.uint8) if buf is None else buf
+    return [b.records.copy() for b in table.update(packets(rows), buf)]
+
+
+def live_records(table: FlowTable) -> np.ndarray:
+    return table.t.records[table.t.used.astype(bool)]
+
+
+# ---------------------------------------------------------------- numba record writes (canary for numba upgrades)
+
+_FIELDS = FLOW_DTYPE.names
+
+
+def _value(i: int, name: str):
+    kind = FLOW_DTYPE[name]
+    if kind.kind == "f":
+        return i + 0.25
+    return (i * 7 + 3) % (1 << min(8 * kind.itemsize - 1, 31))
+
+
+def _writer():
+    """An njit function writing every FLOW field of a[k] (half through a record variable, half through a record
+    passed to another njit function), copying the whole record to out[k] and changing it there via `out[k].field`."""
+    half = len(_FIELDS) // 2
+    rest_src = "def write_rest(r):\n" + "".join(
+        f"    r.{name} = {_value(i, name)!r}\n" for i, name in enumerate(_FIELDS) if i >= half)
+    main_src = "def write(a, out, k):\n    r = a[k]\n" + "".join(
+        f"    r.{name} = {_value(i, name)!r}\n" for i, name in enumerate(_FIELDS) if i < half) + (
+        "    write_rest(a[k])\n"
+        "    out[k] = a[k]\n"
+        f"    out[k].{_FIELDS[0]} = out[k].{_FIELDS[0]} + 1\n")
+    ns: dict = {}
+    exec(rest_src, ns)
+    ns["write_rest"] = njit(ns["write_rest"])
+    exec(main_src, ns)
+    return njit(ns["write"])
+
+
+def test_numba_record_field_writes_reach_the_array():
+    write = _writer()
+    a, out = rec(np.zeros(3, FLOW_DTYPE)), rec(np.zeros(3, FLOW_DTYPE))
+    write(a, out, 1)
+    for i, name in enumerate(_FIELDS):
+        assert a[name][1] == _value(i, name), name
+        assert a[name][0] == 0 and a[name][2] == 0, name
+        assert out[name][1] == _value(i, name) + (1 if i == 0 else 0), name
+    assert not out[0].tolist() == out[1].tolist()
+
+
+def test_kernel_writes_reach_the_table_records():
+    table = make_table(FlowSettings(capacity=4, payload_slots=2, keep_bytes=16, sequence_length=4))
+    buf = np.arange(64, dtype=np.uint8)
+    assert feed(table, [udp(0, 1, 2, pl=5, payload_offset=7, src_mac=0xAB, vlan=9, iface=3, status=8)], buf) == []
+    r = live_records(table)
+    assert len(r) == 1 and table.live == 1 and table.created == 1
+    r = r[0]
+    assert (r.orig_lo, r.resp_lo, r.orig_port, r.resp_port, r.proto) == (V4 + 1, V4 + 2, 1000, 53, 17)
+    assert (r.orig_pkts, r.orig_bytes, r.orig_payload_bytes, r.orig_payload_pkts) == (1, 47, 5, 1)
+    assert (r.orig_mac, r.vlan, r.iface, r.fragments, r.ip_version, r.seq_count) == (0xAB, 9, 3, 1, 4, 1)
+    assert r.orig_payload_mean == 5.0 and r.first_seen_ns == r.last_seen_ns == T0 and r.slot >= 0
+    assert r.key_hash == naive_key_hash(0, V4 + 1, 0, V4 + 2, 1000, 53, 17)
+    batch = table.snapshot()
+    assert batch.kept_stream(0, 0) == bytes(range(7, 12)) and batch.kept_stream(0, 1) == b""
+    sizes, dts = batch.early_sequence(0)
+    assert sizes.tolist() == [5] and dts.tolist() == [0]
+
+
+# ---------------------------------------------------------------- flow_key_hash
+
+U64 = st.integers(0, (1 << 64) - 1)
+PORT = st.integers(0, 65535)
+
+
+def _hash(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto) -> int:
+    with np.errstate(over="ignore"):  # plain-Python runs (JIT disabled) wrap numpy scalars noisily
+        return int(kernels.flow_key_hash(np.uint64(a_hi), np.uint64(a_lo), np.uint64(b_hi), np.uint64(b_lo),
+                                         np.uint16(a_port), np.uint16(b_port), np.uint8(proto)))
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(U64, U64, U64, U64, PORT, PORT, st.integers(0, 255))
+def test_flow_key_hash_is_symmetric(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto):
+    h = _hash(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto)
+    assert h == _hash(b_hi, b_lo, a_hi, a_lo, b_port, a_port, proto)
+    assert h == naive_key_hash(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto)
+
+
+def test_flow_key_hash_separates_close_tuples():
+    base = (0, V4 + 1, 0, V4 + 2, 1000, 53, 17)
+    variants = {base, (0, V4 + 1, 0, V4 + 2, 53, 1000, 17), (0, V4 + 1, 0, V4 + 2, 1000, 53, 6),
+                (0, V4 + 1, 0, V4 + 3, 1000, 53, 17), (1, V4 + 1, 0, V4 + 2, 1000, 53, 17),
+                (0, V4 + 2, 1, V4 + 1, 1000, 53, 17)}
+    assert len(variants) == 6 and _hash(*base) == _hash(0, V4 + 2, 0, V4 + 1, 53, 1000, 17)
+    assert len({_hash(*v) for v in variants}) == len(variants)
+
+
+# ---------------------------------------------------------------- the hash index
+
+
+def check_index(table: FlowTable) -> None:
+    """Every live record is in the index exactly once and reachable from its home slot without crossing a hole."""
+    t = table.t
+    index = t.index
+    mask = len(index) - 1
+    used = np.flatnonzero(t.used)
+    entries = index[index >= 0]
+    assert sorted(entries.tolist()) == sorted(used.tolist()), "index entries != live records"
+    assert len(used) == table.live
+    for ridx in used.tolist():
+        pos = int(t.records[ridx].key_hash) & mask
+        while index[pos] != ridx:
+            assert index[pos] != -1, f"record {ridx} unreachable from its home {int(t.records[ridx].key_hash) & mask}"
+            pos = (pos + 1) & mask
+
+
+def _probe_packet() -> np.record:
+    return packets([udp(0, 1, 2)])[0]
+
+
+def test_backward_shift_deletion_with_chosen_homes():
+    """_create/_emit with hand-picked hashes: clusters that wrap around the end of a 16-entry index."""
+    table = make_table(FlowSettings(capacity=8, payload_slots=0), out_size=8)
+    t, out = table.t, table._out
+    assert len(t.index) == 16
+    rng = np.random.default_rng(7)
+    p = _probe_packet()
+    homes = np.array([13, 14, 15, 15, 0, 0, 1, 14, 13, 2])
+    live: dict[int, int] = {}  # ridx -> hash
+    serial = 0
+    for step in range(400):
+        if live and (len(live) == 8 or rng.random() < 0.45):
+            ridx = int(rng.choice(sorted(live)))
+            n = kernels._emit(t, ridx, 1, out, 0)
+            assert n == 1 and out[0].key_hash == live.pop(ridx)
+        else:
+            serial += 1
+            h = np.uint64((serial << 8) | int(rng.choice(homes)))  # home = low 4 bits
+            ridx = int(kernels._create(t, h, p, True, 0))
+            assert ridx not in live
+            live[ridx] = int(h)
+        check_index(table)
+        assert table.live == len(live)
+
+
+def _colliding_sports(n: int, homes: set[int], mask: int = 15) -> list[int]:
+    """Source ports whose flow (10.0.0.1:sport -> 10.0.0.2:53/udp) lands in one of `homes` of the index."""
+    out = []
+    for sport in range(1024, 65536):
+        if naive_key_hash(0, V4 + 1, 0, V4 + 2, sport, 53, 17) & mask in homes:
+            out.append(sport)
+            if len(out) == n:
+                return out
+    raise AssertionError("not enough colliding ports")
+
+
+def test_index_stays_consistent_through_expiry_and_eviction():
+    """Colliding real keys in a tiny table; expiry and eviction delete in LRU order, which is random in the index.
+    After each round every live flow must still be found: one more packet each creates no new record."""
+    table = make_table(FlowSettings(capacity=8, payload_slots=0, other_idle_s=5.0, tcp_idle_s=5.0), out_size=4)
+    assert len(table.t.index) == 16
+    sports = _colliding_sports(14, {14, 15, 0})
+    rng = np.random.default_rng(3)
+    now = 0.0
+    emitted = 0
+    for _ in range(60):
+        chosen = rng.choice(sports, size=int(rng.integers(1, 6)), replace=False)
+        rows = []
+        for sp in chosen.tolist():
+            now += float(rng.choice([0.01, 0.5, 3.0]))
+            rows.append(udp(now, 1, 2, sport=sp))
+        emitted += sum(len(b) for b in feed(table, rows))
+        check_index(table)
+        now += float(rng.choice([0.0, 2.0, 6.0]))
+        emitted += sum(len(b.records) for b in table.expire(T0 + int(now * SEC)))
+        check_index(table)
+        # every live flow is findable: a packet for each (from the responder side) creates nothing
+        created, live = table.created, table.live
+        before = {int(r.orig_port): int(r.resp_pkts) for r in live_records(table)}
+        assert feed(table, [udp(now, 2, 1, sport=53, dport=sp) for sp in before]) == []
+        assert (table.created, table.live) == (created, live)
+        after = {int(r.orig_port): int(r.resp_pkts) for r in live_records(table)}
+        assert after == {sp: n + 1 for sp, n in before.items()}
+    assert table.evictions > 0 and emitted > table.evictions  # both kinds of deletion happened
+    emitted += sum(len(b.records) for b in table.flush())
+    check_index(table)
+    assert table.live == 0 and (table.t.index == -1).all()
+    assert emitted == table.created
+
+
+# ---------------------------------------------------------------- the LRU list
+
+
+def lru_walk(table: FlowTable) -> list[int]:
+    t = table.t
+    order, i, prev = [], int(t.meta[kernels.M_HEAD]), -1
+    while i >= 0:
+        assert t.used[i] and int(t.lru_prev[i]) == prev
+        order.append(i)
+        prev, i = i, int(t.lru_next[i])
+        assert len(order) <= table.live
+    assert int(t.meta[kernels.M_TAIL]) == prev
+    assert len(order) == table.live
+    return order
+
+
+def test_lru_order_is_last_seen_order():
+    table = make_table(FlowSettings(capacity=12, payload_slots=0, other_idle_s=3.0, tcp_idle_s=3.0), out_size=4)
+    rng = np.random.default_rng(5)
+    now = 0.0
+    evicted = 0
+    for step in range(300):
+        now += float(rng.choice([0.001, 0.2, 1.0]))  # strictly increasing times
+        a = int(rng.integers(1, 6))
+        row = udp(now, a, 9, sport=int(rng.integers(1, 5))) if rng.random() < 0.5 else \
+            udp(now, 9, a, sport=53, dport=int(rng.integers(1, 5)))
+        oldest = int(live_records(table).last_seen_ns.min()) if table.live == 12 else None
+        for batch in feed(table, [row]):
+            for r in batch:
+                if r["end_reason"] == EndReason.IDLE:  # the packet's own flow had idled out: nothing to evict
+                    continue
+                assert r["end_reason"] == EndReason.EVICTED
+                assert r["last_seen_ns"] == oldest  # the least recently seen flow goes first
+                evicted += 1
+        order = lru_walk(table)
+        seen = [int(table.t.records[i].last_seen_ns) for i in order]
+        assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen)
+        assert seen[0] == T0 + int(round(now * SEC))
+        if step % 25 == 24:
+            now += 2.5
+            for _ in table.expire(T0 + int(now * SEC)):
+                pass
+            order = lru_walk(table)
+            seen = [int(table.t.records[i].last_seen_ns) for i in order]
+            assert seen == sorted(seen, reverse=True)
+            assert all(T0 + now * SEC - x <= 3 * SEC for x in seen)
+    assert table.evictions == evicted > 0
+    for _ in table.flush():
+        pass
+    assert lru_walk(table) == [] and int(table.t.meta[kernels.M_HEAD]) == -1
+
+
+# ---------------------------------------------------------------- kernel rules, one by one
+
+
+def test_syn_ack_seen_first_makes_its_receiver_the_originator():
+    table = make_table(FlowSettings(capacity=4, payload_slots=0))
+    feed(table, [tcp(0, 2, 1, 22, 5555, 0x12, seq=100, src_mac=0x22),   # SYN-ACK from the server
+                 tcp(0.1, 1, 2, 5555, 22, 0x10, seq=7, src_mac=0x11)])  # the client's ACK
+    (r,) = live_records(table)
+    assert (r.orig_lo, r.orig_port, r.resp_lo, r.resp_port) == (V4 + 1, 5555, V4 + 2, 22)
+    assert r.flow_flags == FlowFlag.SAW_SYN and (r.orig_pkts, r.resp_pkts) == (1, 1)
+    assert (r.orig_mac, r.resp_mac) == (0x11, 0x22)  # the originator's MAC comes from its first packet
+    assert r.resp_next_seq == 101
+
+
+def test_active_timeout_split_keeps_orientation():
+    table = make_table(FlowSettings(capacity=4, payload_slots=0, active_s=10.0, tcp_idle_s=100.0))
+    out = feed(table, [tcp(0, 1, 2, 5555, 22, 0x02, src_mac=0x11), tcp(0.1, 2, 1, 22, 5555, 0x12, src_mac=0x22),
+                       tcp(5, 1, 2, 5555, 22, 0x18, seq=1, pl=10), tcp(10.5, 2, 1, 22, 5555, 0x18, pl=4, src_mac=0x22),
+                       tcp(11, 1, 2, 5555, 22, 0x10, seq=11, src_mac=0x11)])
+    (first,) = np.concatenate(out)
+    assert first["end_reason"] == EndReason.ACTIVE_TIMEOUT and first["orig_pkts"] == 2
+    (r,) = live_records(table)
+    assert (r.orig_lo, r.orig_port) == (V4 + 1, 5555)  # the responder's packet opened it, roles are kept
+    assert r.flow_flags == FlowFlag.CONTINUED | FlowFlag.SAW_SYN
+    assert (r.orig_pkts, r.resp_pkts, r.first_seen_ns) == (1, 1, T0 + int(10.5 * SEC))
+    assert (r.orig_mac, r.resp_mac) == (0x11, 0x22)
+
+
+@pytest.mark.parametrize("closing", [
+    [(1, 2, 0x11), (2, 1, 0x11)],  # FIN both ways
+    [(2, 1, 0x04)],  # RST
+])
+def test_new_syn_on_a_closed_connection_starts_a_new_flow(closing):
+    table = make_table(FlowSettings(capacity=4, payload_slots=0))
+    rows = [tcp(0, 1, 2, 5555, 80, 0x02), tcp(0.1, 2, 1, 80, 5555, 0x12)]
+    rows += [tcp(0.2 + i / 10, a, b, 5555 if a == 1 else 80, 80 if a == 1 else 5555, f)
+             for i, (a, b, f) in enumerate(closing)]
+    rows.append(tcp(1, 2, 1, 80, 5555, 0x02))  # the other side reuses the 5-tuple
+    (first,) = np.concatenate(feed(table, rows))
+    assert first["end_reason"] == EndReason.PORT_REUSE
+    (r,) = live_records(table)
+    assert r.flow_flags == FlowFlag.PORT_REUSE | FlowFlag.SAW_SYN and (r.orig_lo, r.orig_port) == (V4 + 2, 80)
+    # a SYN on an open connection is just counted
+    table2 = make_table(FlowSettings(capacity=4, payload_slots=0))
+    assert feed(table2, rows[:2] + [rows[-1]]) == [] and table2.live == 1
+
+
+def test_retransmission_rule_across_sequence_wrap():
+    table = make_table(FlowSettings(capacity=4, payload_slots=2, keep_bytes=64))
+    top = (1 << 32) - 5
+    feed(table, [tcp(0, 1, 2, 5555, 22, 0x02, seq=top - 1),       # next expected: top
+                 tcp(0.1, 1, 2, 5555, 22, 0x18, seq=top, pl=10),  # fresh, wraps: next expected 5
+                 tcp(0.2, 1, 2, 5555, 22, 0x18, seq=top, pl=10),  # retransmission
+                 tcp(0.3, 1, 2, 5555, 22, 0x18, seq=5, pl=3),     # fresh after the wrap
+                 tcp(0.4, 1, 2, 5555, 22, 0x18, seq=2, pl=3)])    # overlaps: counted as a retransmission
+    (r,) = live_records(table)
+    assert (r.orig_payload_pkts, r.orig_payload_bytes, r.orig_retransmits, r.orig_next_seq) == (2, 13, 2, 8)
+    assert [len(x) for x in table.snapshot().kept_payload(0, 0)] == [10, 3]
+
+
+def test_update_resumes_when_the_output_is_full():
+    """update_table stops before a packet that could overflow `out` and resumes from the returned index."""
+    table = make_table(FlowSettings(capacity=1, payload_slots=0))
+    pk = packets([udp(i * 0.1, 1, 2, sport=1000 + i) for i in range(5)])
+    out = rec(np.zeros(2, FLOW_DTYPE))
+    buf = np.zeros(8, np.uint8)
+    start, seen = 0, []
+    calls = 0
+    while start < len(pk):
+        start, n = kernels.update_table(table.t, buf, pk, start, out)
+        seen += out[:n].orig_port.tolist()
+        calls += 1
+    assert seen == [1000, 1001, 1002, 1003] and calls == 4 and table.evictions == 4
+    assert int(table.t.meta[kernels.M_SKIPPED]) == 0
+
+
+def test_packets_without_ip_are_skipped():
+    table = make_table(FlowSettings(capacity=4, payload_slots=0))
+    feed(table, [udp(0, 1, 2), dict(udp(0.1, 3, 4), ip_version=0), dict(udp(0.2, 1, 2), ip_version=6)])
+    assert table.skipped_packets == 1 and table.live == 1 and live_records(table)[0].orig_pkts == 2
+
+
+@pytest.mark.skipif(not JIT, reason="checks the compiled kernels")
+def test_kernels_compile_once_per_type():
+    """A recarray view is the same numba type as the plain array: no second specialisation of the hot kernel."""
+    before = len(kernels.update_table.signatures)
+    for table in (make_table(FlowSettings(capacity=4, payload_slots=1)), FlowTable(FlowSettings(capacity=4, payload_slots=1))):
+        buf = np.zeros(8, np.uint8)
+        for _ in table.update(make_packets([udp(0, 1, 2)]), buf):
+            pass
+    assert len(kernels.update_table.signatures) == max(before, 1)
