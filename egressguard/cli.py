@@ -44,10 +44,12 @@ def main() -> None:
               help="Seconds without packets after which a UDP/ICMP/other flow ends.")
 @click.option("--active-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Seconds after which a long flow is reported and continues in a new record (0: never).")
+@click.option("--detect/--no-detect", default=True, show_default=True,
+              help="Run the detectors; --no-detect only aggregates flows (faster, no findings).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int, payload_slots: int | None,
-            tcp_idle: float, other_idle: float, active_timeout: float, progress: bool | None) -> None:
+            tcp_idle: float, other_idle: float, active_timeout: float, detect: bool, progress: bool | None) -> None:
     """Analyse pcap/pcapng captures (plain, gzip, bzip2 or xz; '-' reads standard input)."""
     if with_flows and fmt != "jsonl":
         raise click.UsageError("--flows needs --format jsonl")
@@ -69,7 +71,7 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
     show_progress = sys.stderr.isatty() if progress is None else progress
     failures = 0
     try:
-        analyzer = Analyzer(settings)
+        analyzer = Analyzer(settings, detectors=None if detect else [])
         with _Progress(show_progress) as bar:
             for spec in captures:
                 try:

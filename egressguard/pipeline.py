@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from egressguard.capture import CaptureFile
+from egressguard.capture import CaptureFile, prefetched
+from egressguard.capture.files import DEFAULT_CHUNK_BYTES
 from egressguard.decode import Decoder
 from egressguard.detect import BatchResult, Detector, default_detectors, run_detectors
 from egressguard.errors import CaptureError
@@ -24,7 +25,7 @@ class Settings:
     """Everything that tunes a run; immutable so it can be shared between stages."""
 
     flows: FlowSettings = field(default_factory=FlowSettings)
-    chunk_bytes: int = 16 << 20
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     chunk_frames: int = 1 << 18
 
 
@@ -90,16 +91,23 @@ def _analyze_one(spec: str, settings: Settings, table: FlowTable,
     total = _file_size(spec)
     capture = CaptureFile(spec, settings.chunk_bytes, settings.chunk_frames)
     name = capture.name
+    # idle sweeps scan the whole table: run them every half of the shortest timeout of capture time, not per chunk
+    fs = settings.flows
+    sweep_every = int(min(fs.tcp_idle_s, fs.other_idle_s, fs.closed_idle_s) * 1e9 / 2)
+    last_sweep = -(1 << 62)
     with capture:
         try:
-            for chunk in capture.chunks():
+            for chunk in prefetched(capture.chunks()):
                 name = capture.name
                 packets = decoder.decode_batch(chunk.buf, chunk.frames)
                 for batch in table.update(packets, chunk.buf):
                     yield FlowsReady(name, batch)
                 if len(packets):
-                    for batch in table.expire(int(packets["ts_ns"].max())):
-                        yield FlowsReady(name, batch)
+                    now = int(packets["ts_ns"].max())
+                    if now - last_sweep >= sweep_every or now < last_sweep:
+                        last_sweep = now
+                        for batch in table.expire(now):
+                            yield FlowsReady(name, batch)
                 if progress is not None:
                     progress(name, capture.stats.bytes_read, None if capture.stats.compression else total)
         except CaptureError as exc:

@@ -1,4 +1,4 @@
 """Capture stage: capture files (and, later, live interfaces) -> chunks of raw frames."""
-from egressguard.capture.files import CaptureFile, CaptureStats, Chunk
+from egressguard.capture.files import CaptureFile, CaptureStats, Chunk, prefetched
 
-__all__ = ["CaptureFile", "CaptureStats", "Chunk"]
+__all__ = ["CaptureFile", "CaptureStats", "Chunk", "prefetched"]

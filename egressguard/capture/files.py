@@ -10,9 +10,13 @@ import bz2
 import gzip
 import io
 import lzma
+import mmap
 import os
+import queue
+import stat
 import struct
 import sys
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
@@ -39,6 +43,9 @@ UNSUPPORTED_MAGICS = {
 }
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 MAX_INTERFACES = 65535
+# 4 MiB windows: two stay in a 32 MiB L3 cache while the reader thread fills the next (see stream_through_cache)
+DEFAULT_CHUNK_BYTES = 4 << 20
+BUFFER_RING = 3  # buffers in rotation: one being filled, one handed over, one being analysed (see prefetched)
 COMPRESSED_READ_PIECE = 1 << 16  # bytes asked of a decompressor per read call (see _ChunkReader.fill)
 # What a read can raise: OS errors and, from the decompressors, corrupt or cut-off data (BadGzipFile is an OSError;
 # invalid deflate data inside a gzip member raises zlib.error, which is not).
@@ -122,7 +129,7 @@ class CaptureFile:
         chunk_frames: most frames returned per chunk.
     """
 
-    def __init__(self, spec: str, chunk_bytes: int = 16 << 20, chunk_frames: int = 1 << 18):
+    def __init__(self, spec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, chunk_frames: int = 1 << 18):
         self.spec = spec
         self.chunk_bytes = max(chunk_bytes, 1 << 16)
         self.chunk_frames = max(chunk_frames, 1)
@@ -130,6 +137,7 @@ class CaptureFile:
         self.name = "<stdin>" if spec == "-" else spec
         self._stream: BinaryIO | None = None
         self._owned: list[BinaryIO] = []
+        self._maps: list[mmap.mmap] = []
 
     def __enter__(self) -> "CaptureFile":
         return self
@@ -138,6 +146,14 @@ class CaptureFile:
         self.close()
 
     def close(self) -> None:
+        # chunks handed out view the maps: they must not be used after close (numpy keeps a map alive while a view
+        # of it exists, so close() of a map still viewed raises BufferError and the map is left to the collector)
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:
+                pass
+        self._maps.clear()
         for s in reversed(self._owned):
             try:
                 s.close()
@@ -172,7 +188,7 @@ class CaptureFile:
         """Yield chunks of frames until the capture ends; raises CaptureError for a source that is not a capture."""
         stream, magic = self._open()
         self._stream = stream
-        reader = _ChunkReader(stream, self.name, self.chunk_bytes, self.stats)
+        reader = self._mapped_reader() or _ChunkReader(stream, self.name, self.chunk_bytes, self.stats)
         if magic[:4] in PCAP_MAGICS:
             yield from self._pcap_chunks(reader, *PCAP_MAGICS[magic[:4]])
         elif magic[:4] == PCAPNG_MAGIC:
@@ -182,6 +198,22 @@ class CaptureFile:
                 if magic.startswith(m):
                     raise CaptureError(self.name, f"is {what}")
             raise CaptureError(self.name, f"not a pcap or pcapng capture (starts with bytes {magic[:4].hex(' ')})")
+
+    def _mapped_reader(self) -> "_MappedReader | None":
+        """A zero-copy reader over a memory map, for a plain (uncompressed) regular file; None otherwise."""
+        if self.spec == "-" or self.stats.compression or not self._owned:
+            return None
+        raw = self._owned[0]
+        try:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                return None
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None  # not mappable (e.g. a FIFO or a special file system): read it instead
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        self._maps.append(mapped)
+        return _MappedReader(mapped, self.name, self.chunk_bytes, self.stats)
 
     def _pcap_chunks(self, reader: "_ChunkReader", big_endian: bool, nanos: bool) -> Iterator[Chunk]:
         self.stats.format = "pcap"
@@ -194,10 +226,11 @@ class CaptureFile:
         if linktype not in SUPPORTED_LINKTYPES:
             raise CaptureError(self.name, f"unsupported link type {linktype} (supported: Ethernet, Linux SLL/SLL2, raw IPv4/IPv6, BSD loopback)")
         self.stats.linktypes.add(linktype)
-        frames = np.empty(self.chunk_frames, FRAME_DTYPE)
+        frame_ring = _FrameRing(self.chunk_frames)
         pos = 24
         frac = 1 if nanos else 1000
         while True:
+            frames = frame_ring.next()
             pos, count, outcome = records.walk_pcap(reader.buf, reader.filled, pos, big_endian, frac, linktype, frames)
             if count:
                 self.stats.frames += count
@@ -222,12 +255,13 @@ class CaptureFile:
         reader.fill(28)
         if reader.filled < 28:  # the smallest section header block
             raise CaptureError(self.name, "truncated pcapng section header (fewer than 28 bytes)")
-        frames = np.empty(self.chunk_frames, FRAME_DTYPE)
+        frame_ring = _FrameRing(self.chunk_frames)
         section = _PcapngSection()
         last_ts = np.zeros(1, np.int64)
         undefined_warned: set[int] = set()
         pos = 0
         while True:
+            frames = frame_ring.next()
             pos, count, outcome = records.walk_pcapng(
                 reader.buf, reader.filled, pos, section.big_endian, section.linktype, section.snaplen,
                 section.ts_mul, section.ts_div, section.ts_shift, section.ts_offset_ns, section.n_ifaces,
@@ -265,13 +299,18 @@ class CaptureFile:
                 return
 
 
+
+
 class _ChunkReader:
-    """The read buffer: keeps unconsumed bytes at the front and tops it up from the stream."""
+    """The read buffers: each refill moves the unconsumed tail into the next buffer of a small ring and tops it
+    up from the stream, so the chunk handed out before stays intact while it is being analysed."""
 
     def __init__(self, stream: BinaryIO, name: str, size: int, stats: CaptureStats):
         self.stream = stream
         self.name = name
-        self.buf = np.empty(size, np.uint8)
+        self.ring = [np.empty(size, np.uint8)] + [np.empty(0, np.uint8)] * (BUFFER_RING - 1)
+        self.current = 0
+        self.buf = self.ring[0]
         self.filled = 0
         self.base = 0  # file offset of buf[0]
         self.eof = False
@@ -312,21 +351,138 @@ class _ChunkReader:
                     f"({self.filled - pos} bytes); everything before it was analysed")
             return -1
         rest = self.filled - pos
-        if pos == 0 and rest == len(self.buf):
-            if len(self.buf) >= 2 * records.MAX_BLOCK:
+        size = len(self.buf)
+        if pos == 0 and rest == size:  # one record fills the whole buffer: the next one must be larger
+            if size >= 2 * records.MAX_BLOCK:
                 self.stats.complete = False
                 self.stats.warnings.append(f"{self.name}: record at byte {self.base} is larger than "
                                            f"{records.MAX_BLOCK} bytes; stopped reading")
                 return -1
-            bigger = np.empty(2 * len(self.buf), np.uint8)
-            bigger[:rest] = self.buf[:rest]
-            self.buf = bigger
-        elif rest:
-            self.buf[:rest] = self.buf[pos:self.filled]
+            size *= 2
+        self.current = (self.current + 1) % BUFFER_RING
+        if len(self.ring[self.current]) < size:
+            self.ring[self.current] = np.empty(size, np.uint8)
+        nxt = self.ring[self.current]
+        nxt[:rest] = self.buf[pos:self.filled]
+        self.buf = nxt
         self.base += pos
         self.filled = rest
         self.fill()
         return 0
+
+
+class _MappedReader:
+    """The _ChunkReader interface over a memory-mapped file: each chunk is a window of the map, nothing is copied.
+
+    The reading thread's record walk touches every page first, so page faults are taken off the analysing thread.
+    """
+
+    def __init__(self, mapped: mmap.mmap, name: str, window: int, stats: CaptureStats):
+        self.mapped = mapped
+        self.released = 0
+        self.whole = np.frombuffer(mapped, np.uint8)
+        self.name = name
+        self.window = window
+        self.stats = stats
+        self.base = 0
+        self.buf = self.whole[:0]
+        self.filled = 0
+        self.eof = False
+        self.fill()
+
+    def fill(self, want: int | None = None) -> None:
+        end = min(len(self.whole), self.base + max(self.window, self.filled))
+        self.buf = self.whole[self.base:end]
+        records.stream_through_cache(self.whole[self.base + self.filled:end])
+        self.stats.bytes_read += (end - self.base) - self.filled
+        self.filled = end - self.base
+        self.eof = end == len(self.whole)
+
+    def total_after(self, pos: int) -> int:
+        return self.filled - pos
+
+    def _release_behind(self) -> None:
+        """Unmap pages well behind the windows still in use (BUFFER_RING of them), so resident memory stays small
+        however large the file; the data stays in the page cache."""
+        upto = (self.base - BUFFER_RING * self.window) // mmap.PAGESIZE * mmap.PAGESIZE
+        if upto > self.released and hasattr(self.mapped, "madvise"):
+            self.mapped.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
+            self.released = upto
+
+    def refill(self, pos: int) -> int:
+        if self.eof:
+            if pos < self.filled:
+                self.stats.complete = False
+                self.stats.warnings.append(
+                    f"{self.name}: capture is truncated: the last record (at byte {self.base + pos}) is incomplete "
+                    f"({self.filled - pos} bytes); everything before it was analysed")
+            return -1
+        if pos == 0:  # one record larger than the window: widen it
+            self.window = max(self.window, self.filled) * 2
+        self.base += pos
+        self._release_behind()
+        self.filled = 0
+        self.fill()
+        return 0
+
+
+class _FrameRing:
+    """FRAME arrays in rotation, so a chunk's frames stay intact while later chunks are being found."""
+
+    def __init__(self, size: int):
+        self.arrays = [np.empty(size, FRAME_DTYPE) for _ in range(BUFFER_RING)]
+        self.current = 0
+
+    def next(self) -> np.ndarray:
+        self.current = (self.current + 1) % BUFFER_RING
+        return self.arrays[self.current]
+
+
+def prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+    """Run a chunk iterator in a background thread so reading (and decompressing) overlaps the analysis.
+
+    Safe with the buffer and frame rings: with BUFFER_RING >= depth + 2, a buffer is refilled only after the
+    consumer asked for the chunk after the one that used it. Exceptions are re-raised in the consumer.
+    """
+    assert BUFFER_RING >= depth + 2
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        handoff.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: object = done
+        except BaseException as exc:  # handed to the consumer, which raises it
+            item = exc
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    worker = threading.Thread(target=produce, name="capture-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 class _PcapngSection:

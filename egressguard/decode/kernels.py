@@ -46,17 +46,17 @@ C_LAST_NS = 9
 N_COUNTERS = 10
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _be16(buf, i):
     return (np.uint32(buf[i]) << 8) | np.uint32(buf[i + 1])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _be32(buf, i):
     return (np.uint32(buf[i]) << 24) | (np.uint32(buf[i + 1]) << 16) | (np.uint32(buf[i + 2]) << 8) | np.uint32(buf[i + 3])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _be64(buf, i):
     v = np.uint64(0)
     for k in range(8):
@@ -64,7 +64,7 @@ def _be64(buf, i):
     return v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _mac(buf, i):
     v = np.uint64(0)
     for k in range(6):
@@ -72,7 +72,7 @@ def _mac(buf, i):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def icmp_ports(proto, icmp_type, icmp_code):
     """(sport, dport) for an ICMP/ICMPv6 message, as Community ID v1 maps them: two-way message types pair a
     request with its reply (dport = counterpart type) so both land in one flow; other types use the code."""
@@ -128,7 +128,7 @@ def icmp_ports(proto, icmp_type, icmp_code):
     return icmp_type, icmp_code
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _frag_slot(src_hi, src_lo, dst_hi, dst_lo, tag):
     h = (src_lo * np.uint64(0x9E3779B97F4A7C15)) ^ (dst_lo + tag * np.uint64(0xBF58476D1CE4E5B9))
     h ^= (src_hi * np.uint64(0x94D049BB133111EB)) ^ (dst_hi * np.uint64(0xD6E8FEB86659FD93))
@@ -138,7 +138,7 @@ def _frag_slot(src_hi, src_lo, dst_hi, dst_lo, tag):
     return np.int64(h & np.uint64(FRAG_CACHE_SIZE - 1))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decode_frames(buf, frames, packets, frag_cache, counters):
     """Decode frames[i] into packets[i] for every i and add up what was seen.
 
@@ -426,7 +426,7 @@ def decode_frames(buf, frames, packets, frag_cache, counters):
     _count(frames, packets, counters)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _count(frames, packets, counters):
     for i in range(frames.shape[0]):
         st = packets[i].status

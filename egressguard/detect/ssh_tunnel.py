@@ -22,6 +22,7 @@ from egressguard.payload.websocket import websocket_streams
 from egressguard.schema import EndReason, Finding, FindingKind, FlowFlag, Severity
 
 ORIG, RESP = 0, 1
+WEBSOCKET_ACCEPT = b"HTTP/1.1 101"  # the start of a server's answer to a WebSocket upgrade (RFC 6455 4.2.2)
 
 
 class SshUse(enum.StrEnum):
@@ -53,6 +54,7 @@ class Params:
     transfer_min_bytes: int = 256 * 1024  # bulk: at least this much one way ...
     transfer_share: float = 0.9  # ... and this share of all payload bytes in that direction
     nonstandard_port_bonus: float = 0.05  # 1.7 R1: SSH away from port 22 is worth a little more suspicion
+    min_packets: int = 16  # payload packets below which a flow is no more than a handshake and a login attempt
     remembered_connections: int = 65536  # SSH flows cut by a timeout or eviction, kept to recognise their rest
 
 
@@ -147,8 +149,10 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if sig.answered_rev >= p.min_answers and sig.answered_rev > sig.answered_fwd:
         rev.append((0.7, f"{sig.answered_rev} times the remote side sent a short request and the sandbox side "
                          f"answered with bulk data: a service inside the sandbox is used from outside"))
+    # supporting evidence only: a server that pushes (tail -f, notifications) also speaks first, and an upload
+    # from the sandbox also makes the remote side acknowledge
     led_total = sig.led_fwd + sig.led_rev
-    if sig.led_rev >= p.min_led_bursts and sig.led_rev >= p.led_ratio * led_total:
+    if rev and sig.led_rev >= p.min_led_bursts and sig.led_rev >= p.led_ratio * led_total:
         rev.append((0.6, f"after each pause the remote side spoke first in {sig.led_rev} of {led_total} bursts"))
     if rev and sig.acks_rev >= p.min_acks and sig.acks_rev >= p.ack_ratio * (sig.acks_fwd + 1):
         rev.append((0.3, f"the remote side sent {sig.acks_rev} bare ACKs against {sig.acks_fwd} from the sandbox "
@@ -219,6 +223,7 @@ class _Remembered:
     handshake: SshHandshake
     use: SshUse
     first_seen: float
+    endpoints: tuple
 
 
 _CUT_SHORT = (int(EndReason.IDLE), int(EndReason.ACTIVE_TIMEOUT), int(EndReason.EVICTED))
@@ -235,19 +240,19 @@ class SshTunnelDetector:
 
     def __init__(self, params: Params = Params()):
         self.params = params
-        self._remembered: OrderedDict[tuple, _Remembered] = OrderedDict()
+        self._remembered: OrderedDict[int, _Remembered] = OrderedDict()  # by the flow's direction-free key hash
 
     def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
         result = BatchResult()
         recs = batch.records
         if not len(recs):
             return result
-        prefix = batch.payload_prefix(4)
-        upper = prefix & 0xDF  # ASCII upper case, for the case-insensitive "SSH-" (Zeek dpd.sig)
+        prefix = batch.payload_prefix(len(WEBSOCKET_ACCEPT))
+        upper = prefix[:, :, :4] & 0xDF  # ASCII upper case, for the case-insensitive "SSH-" (Zeek dpd.sig)
         ssh = ((upper[:, :, 0] == ord("S")) & (upper[:, :, 1] == ord("S")) & (upper[:, :, 2] == ord("H"))
                & (prefix[:, :, 3] == ord("-"))).any(axis=1)
-        ws = ((prefix[:, 0, :] == np.frombuffer(b"GET ", np.uint8)).all(axis=1)
-              & (prefix[:, 1, :] == np.frombuffer(b"HTTP", np.uint8)).all(axis=1))
+        ws = ((prefix[:, 0, :4] == np.frombuffer(b"GET ", np.uint8)).all(axis=1)
+              & (prefix[:, 1, :] == np.frombuffer(WEBSOCKET_ACCEPT, np.uint8)).all(axis=1))
         tcp = recs["proto"] == 6
         for row in np.flatnonzero((ssh | ws) & tcp):
             self._inspect_flow(batch, int(row), bool(ssh[row]), capture, result)
@@ -255,10 +260,13 @@ class SshTunnelDetector:
             flags = recs["flow_flags"]
             no_handshake = tcp & ~ssh & ~ws & (((flags & int(FlowFlag.SAW_SYN)) == 0)
                                                | ((flags & int(FlowFlag.CONTINUED)) != 0))
-            for row in np.flatnonzero(no_handshake):
-                key = _endpoints(recs[row])
-                if key in self._remembered:
-                    self._inspect_continuation(batch, int(row), self._remembered.pop(key), capture, result)
+            rows = np.flatnonzero(no_handshake)
+            for row, key in zip(rows.tolist(), recs["key_hash"][rows].tolist()):
+                if key not in self._remembered:
+                    continue
+                prior = self._remembered.pop(key)
+                if prior.endpoints == _endpoints(recs[row]):  # the hash matched; so must the connection
+                    self._inspect_continuation(batch, int(row), prior, capture, result)
         return result
 
     def _inspect_flow(self, batch: FlowBatch, row: int, plain: bool, capture: str, result: BatchResult) -> None:
@@ -274,18 +282,21 @@ class SshTunnelDetector:
         if hs is None:
             return
         rec = batch.records[row]
-        conv = batch.conversation(row)
         if carrier is not None:
             # record sizes inside WebSocket frames do not follow the SSH model; the carrier is the evidence
             verdict = Verdict(SshUse.TUNNEL, 0.9, (f"SSH ({_banner(hs)}) carried inside WebSocket frames after an "
                                                     f"HTTP Upgrade: SSH hidden in web traffic (wstunnel-like)",))
-        elif conv is None:
+        elif hs.client_is_orig and \
+                int(rec["orig_payload_pkts"]) + int(rec["resp_payload_pkts"]) < self.params.min_packets:
+            # a handshake and a login at most: nothing to classify beyond what the handshake showed
             verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
         else:
+            conv = batch.conversation(row)
             sizes, _ = batch.early_sequence(row)
-            verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params)
+            verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params) if conv else \
+                Verdict(SshUse.UNDETERMINED, 0.0, ())
         if int(rec["end_reason"]) in _CUT_SHORT:
-            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9))
+            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, _endpoints(rec)))
         self._report(rec, row, hs, verdict, capture, result)
 
     def _inspect_continuation(self, batch: FlowBatch, row: int, prior: _Remembered, capture: str,
@@ -302,11 +313,11 @@ class SshTunnelDetector:
             verdict = Verdict(prior.use, 0.8, ())
         verdict = Verdict(verdict.use, verdict.score, (note,) + verdict.evidence)
         if int(rec["end_reason"]) in _CUT_SHORT:
-            self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen))
+            self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen, prior.endpoints))
         self._report(rec, row, hs, verdict, capture, result)
 
     def _remember(self, rec: np.void, item: _Remembered) -> None:
-        self._remembered[_endpoints(rec)] = item
+        self._remembered[int(rec["key_hash"])] = item
         while len(self._remembered) > self.params.remembered_connections:
             self._remembered.popitem(last=False)
 

@@ -55,86 +55,89 @@ CF_PP_M2_1 = 3
 N_CONV_F = 4
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def conversation_reset(conv_i, conv_f, echo_pairs, s):
     """Clear slot s before a new flow uses it."""
-    for k in range(conv_i.shape[1]):
-        conv_i[s, k] = 0
+    conv_i[s, :] = 0
     conv_i[s, CI_PEND_DIR] = -1
-    for k in range(conv_f.shape[1]):
-        conv_f[s, k] = 0.0
-    for d in range(2):
-        for b in range(echo_pairs.shape[2]):
-            echo_pairs[s, d, b] = 0
+    conv_f[s, :] = 0.0
+    echo_pairs[s, :, :] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def conversation_close(conv_i, conv_f, s):
     """Close the open burst of slot s (called when a new burst starts and when the flow is emitted)."""
-    if conv_i[s, CI_OPEN] == 0:
+    _close_burst(conv_i[s], conv_f[s])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _close_burst(ci, cf):
+    """_close on the slot's own rows (1-D views: cheaper indexing on the per-packet path)."""
+    if ci[CI_OPEN] == 0:
         return
-    conv_i[s, CI_OPEN] = 0
-    leader = conv_i[s, CI_BURST_LEADER]
-    start = conv_i[s, CI_BURST_START]
-    if conv_i[s, CI_BURST_PL0] == 1 and conv_i[s, CI_BURST_PL1] == 1:
-        n = conv_i[s, CI_PINGPONG0 + leader] + 1
-        conv_i[s, CI_PINGPONG0 + leader] = n
-        last = conv_i[s, CI_PINGPONG_LAST0 + leader]
+    ci[CI_OPEN] = 0
+    leader = ci[CI_BURST_LEADER]
+    start = ci[CI_BURST_START]
+    if ci[CI_BURST_PL0] == 1 and ci[CI_BURST_PL1] == 1:
+        n = ci[CI_PINGPONG0 + leader] + 1
+        ci[CI_PINGPONG0 + leader] = n
+        last = ci[CI_PINGPONG_LAST0 + leader]
         if n >= 2:
             dt = (start - last) / 1e9
             k = n - 1  # intervals so far
-            mean = conv_f[s, CF_PP_MEAN0 + 2 * leader]
+            mean = cf[CF_PP_MEAN0 + 2 * leader]
             delta = dt - mean
             mean += delta / k
-            conv_f[s, CF_PP_MEAN0 + 2 * leader] = mean
-            conv_f[s, CF_PP_M2_0 + 2 * leader] += delta * (dt - mean)
-        conv_i[s, CI_PINGPONG_LAST0 + leader] = start
+            cf[CF_PP_MEAN0 + 2 * leader] = mean
+            cf[CF_PP_M2_0 + 2 * leader] += delta * (dt - mean)
+        ci[CI_PINGPONG_LAST0 + leader] = start
     else:
-        conv_i[s, CI_LED0 + leader] += 1
-    big0 = conv_i[s, CI_BURST_BIG0]
-    big1 = conv_i[s, CI_BURST_BIG1]
-    if conv_i[s, CI_BURSTS] >= 2 and big0 >= 1 and big1 >= 1 and big0 + big1 >= 3:
-        conv_i[s, CI_NESTED0 + leader] += 1
-    asked = conv_i[s, CI_BURST_BYTES0 + leader]
-    answer = conv_i[s, CI_BURST_BYTES0 + 1 - leader]
+        ci[CI_LED0 + leader] += 1
+    big0 = ci[CI_BURST_BIG0]
+    big1 = ci[CI_BURST_BIG1]
+    if ci[CI_BURSTS] >= 2 and big0 >= 1 and big1 >= 1 and big0 + big1 >= 3:
+        ci[CI_NESTED0 + leader] += 1
+    asked = ci[CI_BURST_BYTES0 + leader]
+    answer = ci[CI_BURST_BYTES0 + 1 - leader]
     if answer >= ANSWER_MIN_BYTES and answer >= ANSWER_RATIO * asked:
-        conv_i[s, CI_ANSWERED0 + leader] += 1
+        ci[CI_ANSWERED0 + leader] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def conversation_update(conv_i, conv_f, echo_pairs, s, d, size, ts):
     """Account one payload packet (direction d, L4 payload `size` bytes, time ts ns) of the flow in slot s."""
+    ci = conv_i[s]
     # echo pairs
-    pend = conv_i[s, CI_PEND_DIR]
+    pend = ci[CI_PEND_DIR]
     if size < ECHO_MAX_SIZE:
-        if pend == 1 - d and conv_i[s, CI_PEND_LEN] == size and ts - conv_i[s, CI_PEND_TS] <= ECHO_WINDOW_NS:
+        if pend == 1 - d and ci[CI_PEND_LEN] == size and ts - ci[CI_PEND_TS] <= ECHO_WINDOW_NS:
             b = size // 4
             if echo_pairs[s, pend, b] < 65535:
                 echo_pairs[s, pend, b] += 1
-            conv_i[s, CI_PEND_DIR] = -1
+            ci[CI_PEND_DIR] = -1
         else:
-            conv_i[s, CI_PEND_DIR] = d
-            conv_i[s, CI_PEND_LEN] = size
-            conv_i[s, CI_PEND_TS] = ts
-    else:
-        conv_i[s, CI_PEND_DIR] = -1
+            ci[CI_PEND_DIR] = d
+            ci[CI_PEND_LEN] = size
+            ci[CI_PEND_TS] = ts
+    elif pend >= 0:
+        ci[CI_PEND_DIR] = -1
     # bursts
-    last = conv_i[s, CI_LAST_TS]
-    if conv_i[s, CI_OPEN] == 0 or ts - last >= BURST_GAP_NS:
-        conversation_close(conv_i, conv_f, s)
-        conv_i[s, CI_OPEN] = 1
-        conv_i[s, CI_BURSTS] += 1
-        conv_i[s, CI_BURST_START] = ts
-        conv_i[s, CI_BURST_LEADER] = d
-        conv_i[s, CI_BURST_PL0] = 0
-        conv_i[s, CI_BURST_PL1] = 0
-        conv_i[s, CI_BURST_BIG0] = 0
-        conv_i[s, CI_BURST_BIG1] = 0
-        conv_i[s, CI_BURST_BYTES0] = 0
-        conv_i[s, CI_BURST_BYTES1] = 0
-    conv_i[s, CI_BURST_PL0 + d] += 1
-    conv_i[s, CI_BURST_BYTES0 + d] += size
-    if size >= HANDSHAKE_MIN_SIZE and ts - conv_i[s, CI_BURST_START] <= HANDSHAKE_WINDOW_NS:
-        conv_i[s, CI_BURST_BIG0 + d] += 1
+    last = ci[CI_LAST_TS]
+    if ci[CI_OPEN] == 0 or ts - last >= BURST_GAP_NS:
+        _close_burst(ci, conv_f[s])
+        ci[CI_OPEN] = 1
+        ci[CI_BURSTS] += 1
+        ci[CI_BURST_START] = ts
+        ci[CI_BURST_LEADER] = d
+        ci[CI_BURST_PL0] = 0
+        ci[CI_BURST_PL1] = 0
+        ci[CI_BURST_BIG0] = 0
+        ci[CI_BURST_BIG1] = 0
+        ci[CI_BURST_BYTES0] = 0
+        ci[CI_BURST_BYTES1] = 0
+    ci[CI_BURST_PL0 + d] += 1
+    ci[CI_BURST_BYTES0 + d] += size
+    if size >= HANDSHAKE_MIN_SIZE and ts - ci[CI_BURST_START] <= HANDSHAKE_WINDOW_NS:
+        ci[CI_BURST_BIG0 + d] += 1
     if ts > last:
-        conv_i[s, CI_LAST_TS] = ts
+        ci[CI_LAST_TS] = ts

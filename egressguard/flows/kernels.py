@@ -1,8 +1,10 @@
 """numba kernels of the flow table: hash lookup, per-direction statistics, payload keeping, timeouts, eviction.
 
 State lives in `TableArrays` (a NamedTuple of numpy arrays, built by flows/table.py). The hash index uses linear
-probing with backward-shift deletion (no tombstones); a doubly linked LRU list ordered by last packet time gives the
-oldest idle flow in O(1), for eviction and for idle sweeps. Emitted records are copied into an output array; their
+probing with backward-shift deletion (no tombstones). Nothing is maintained per packet for ageing: idle sweeps and
+evictions scan the compact `seen` array (last packet time per record), which costs far less than keeping an LRU
+list in order on every packet. When the table is full, one scan evicts the oldest 1/EVICT_FRACTION of the flows at
+once (every evicted flow was idle longer than every kept one). Emitted records are copied into an output array; their
 payload slots stay reserved until the caller releases them, so the caller can read the kept bytes first.
 """
 from __future__ import annotations
@@ -16,15 +18,19 @@ from egressguard.flows.conversation import conversation_close, conversation_rese
 
 # meta[] indices (int64 counters and list heads)
 M_LIVE = 0
-M_HEAD = 1  # most recently seen record, -1 if none
-M_TAIL = 2  # least recently seen record, -1 if none
+M_SWEEP_POS = 1  # record index where an unfinished idle sweep continues, -1 when none is under way
+M_SWEEP_NOW = 2  # the time that sweep compares against
 M_FREE_TOP = 3  # number of free record indices on the free stack
 M_SLOT_FREE_TOP = 4
 M_EVICTIONS = 5
 M_SLOT_DENIED = 6  # flows that wanted a payload slot while none was free
 M_SKIPPED = 7  # packets with no IP addresses (not IP / undecodable), not aggregated
 M_CREATED = 8
-META_SIZE = 9
+M_EVICT_BEFORE = 9  # an eviction scan under way evicts records last seen at or before this time
+M_EVICT_POS = 10  # where that scan continues, -1 when none is under way
+META_SIZE = 11
+
+EVICT_FRACTION = 16  # a full table frees capacity/16 records per eviction scan (amortises the O(capacity) scan)
 
 # params[] indices (int64)
 P_TCP_IDLE_NS = 0
@@ -53,8 +59,8 @@ TCP_ACK = 0x10
 class TableArrays(NamedTuple):
     """All state of one flow table; every field is a numpy array (mutated in place by the kernels).
 
-    records FLOW[capacity]; used u1[capacity]; index i4[index_size] (power of two, -1 = empty);
-    lru_prev/lru_next i4[capacity]; free i4[capacity] (stack of free record indices); meta i8[META_SIZE];
+    records FLOW[capacity]; used u1[capacity]; seen i8[capacity] (last packet time of each used record);
+    index i4[index_size] (power of two, -1 = empty); free i4[capacity] (stack of free record indices); meta i8[META_SIZE];
     params i8[PARAMS_SIZE]; slot_free i4[n_slots]; keep_data u1[n_slots, 2, keep_bytes] (first payload bytes per
     direction, packets concatenated); keep_len u4[n_slots, 2, keep_pkts] (L4 payload length of each kept packet);
     keep_cap u2[n_slots, 2, keep_pkts] (bytes of it actually kept); keep_count u1[n_slots, 2]; keep_fill
@@ -66,9 +72,8 @@ class TableArrays(NamedTuple):
 
     records: np.ndarray
     used: np.ndarray
+    seen: np.ndarray
     index: np.ndarray
-    lru_prev: np.ndarray
-    lru_next: np.ndarray
     free: np.ndarray
     meta: np.ndarray
     params: np.ndarray
@@ -85,13 +90,13 @@ class TableArrays(NamedTuple):
     echo_pairs: np.ndarray
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _mix(h, v):
     h ^= v + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def flow_key_hash(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto):
     """Direction-free hash of a 5-tuple: the same for both directions of a flow."""
     if (a_hi, a_lo, a_port) > (b_hi, b_lo, b_port):
@@ -111,7 +116,7 @@ def flow_key_hash(a_hi, a_lo, b_hi, b_lo, a_port, b_port, proto):
     return h
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _matches(r, h, s_hi, s_lo, d_hi, d_lo, sp, dp, proto):
     """0 if record r is not this flow, 1 if the packet goes orig->resp, 2 if resp->orig."""
     if r.key_hash != h or r.proto != proto:
@@ -125,7 +130,7 @@ def _matches(r, h, s_hi, s_lo, d_hi, d_lo, sp, dp, proto):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _index_remove(t, ridx):
     """Remove record ridx from the hash index (backward-shift deletion for linear probing)."""
     index = t.index
@@ -145,33 +150,7 @@ def _index_remove(t, ridx):
     index[hole] = -1
 
 
-@njit(cache=True, inline="always")
-def _lru_unlink(t, i):
-    prev = t.lru_prev[i]
-    nxt = t.lru_next[i]
-    if prev >= 0:
-        t.lru_next[prev] = nxt
-    else:
-        t.meta[M_HEAD] = nxt
-    if nxt >= 0:
-        t.lru_prev[nxt] = prev
-    else:
-        t.meta[M_TAIL] = prev
-
-
-@njit(cache=True, inline="always")
-def _lru_push_head(t, i):
-    head = t.meta[M_HEAD]
-    t.lru_prev[i] = -1
-    t.lru_next[i] = head
-    if head >= 0:
-        t.lru_prev[head] = i
-    else:
-        t.meta[M_TAIL] = i
-    t.meta[M_HEAD] = i
-
-
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _emit(t, ridx, reason, out, n_out):
     """Copy record ridx to out[n_out] with its end reason and free it (its payload slot stays reserved)."""
     if t.records[ridx].slot >= 0:
@@ -179,7 +158,6 @@ def _emit(t, ridx, reason, out, n_out):
     out[n_out] = t.records[ridx]
     out[n_out].end_reason = reason
     _index_remove(t, ridx)
-    _lru_unlink(t, ridx)
     t.used[ridx] = 0
     t.records[ridx].slot = -1
     t.free[t.meta[M_FREE_TOP]] = ridx
@@ -188,7 +166,7 @@ def _emit(t, ridx, reason, out, n_out):
     return n_out + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _create(t, h, p, orig_is_src, flags):
     """Start a record for packet p; orig_is_src says whether the packet's source is the originator."""
     t.meta[M_FREE_TOP] -= 1
@@ -261,13 +239,13 @@ def _create(t, h, p, orig_is_src, flags):
     while t.index[pos] != -1:
         pos = (pos + 1) & mask
     t.index[pos] = ridx
-    _lru_push_head(t, ridx)
+    t.seen[ridx] = p.ts_ns
     t.meta[M_LIVE] += 1
     t.meta[M_CREATED] += 1
     return ridx
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _update_direction_stats(r, d, p, ts):
     """Counters, flags, Welford means of payload size and inter-arrival time for direction d (0 orig, 1 resp).
 
@@ -349,7 +327,7 @@ def _update_direction_stats(r, d, p, ts):
     return fresh and pl > 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _keep_payload(t, r, d, p, buf):
     """Keep the first payload bytes and the (direction, size, time) sequence of early payload packets."""
     if r.slot < 0:
@@ -377,8 +355,7 @@ def _keep_payload(t, r, d, p, buf):
         if n < 0:
             n = 0
         src = np.int64(p.payload_offset)
-        for j in range(n):
-            t.keep_data[s, d, fill + j] = buf[src + j]
+        t.keep_data[s, d, fill:fill + n] = buf[src:src + n]
         t.keep_len[s, d, k] = p.payload_bytes
         t.keep_cap[s, d, k] = n
         t.keep_fill[s, d] = fill + n
@@ -393,7 +370,7 @@ def _keep_payload(t, r, d, p, buf):
     conversation_update(t.conv_i, t.conv_f, t.echo_pairs, s, d, np.int64(p.payload_bytes), p.ts_ns)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def update_table(t, buf, packets, start, out):
     """Aggregate packets[start:] into the table, emitting finished records into `out`.
 
@@ -463,73 +440,106 @@ def update_table(t, buf, packets, start, out):
                     new_flags |= F_SAW_SYN
                     orig_is_src = False
                     d = 1
-            if t.meta[M_LIVE] >= capacity:
-                tail = t.meta[M_TAIL]
-                n_out = _emit(t, tail, END_EVICTED, out, n_out)
-                t.meta[M_EVICTIONS] += 1
+            while t.meta[M_LIVE] >= capacity and n_out < out_cap:
+                n_out = _evict_oldest(t, out, n_out)
             ridx = _create(t, h, p, orig_is_src, new_flags)
         r = t.records[ridx]
         if ts > r.last_seen_ns:
             r.last_seen_ns = ts
+            t.seen[ridx] = ts
         if (p.status & 8) != 0:  # PacketStatus.FRAGMENT
             r.fragments += 1
-        if t.meta[M_HEAD] != ridx:
-            _lru_unlink(t, ridx)
-            _lru_push_head(t, ridx)
         if _update_direction_stats(r, d, p, ts) and t.keep_data.shape[0] > 0:
             _keep_payload(t, r, d, p, buf)
     return i, n_out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def reason_is_fresh(new_flags):
     """A record started by the active timeout keeps its orientation; any other new record picks one."""
     return (new_flags & F_CONTINUED) == 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _closed(r):
     """A TCP connection that saw RST, or FIN in both directions."""
     return r.proto == 6 and (((r.orig_tcp_flags | r.resp_tcp_flags) & TCP_RST) != 0 or (
         (r.orig_tcp_flags & TCP_FIN) != 0 and (r.resp_tcp_flags & TCP_FIN) != 0))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _idle_timeout(t, r, closed):
     if r.proto != 6:
         return t.params[P_OTHER_IDLE_NS]
     return t.params[P_CLOSED_IDLE_NS] if closed else t.params[P_TCP_IDLE_NS]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _evict_oldest(t, out, n_out):
+    """Evict the records idle longest: all last seen at or before the time of the capacity/EVICT_FRACTION-th oldest.
+
+    Resumable: when `out` fills, the scan continues at the next call. Returns the new n_out."""
+    cap = t.records.shape[0]
+    if t.meta[M_EVICT_POS] < 0:
+        k = max(1, cap // EVICT_FRACTION)
+        times = t.seen[t.used.view(np.bool_)]
+        if times.shape[0] == 0:
+            return n_out
+        k = min(k, times.shape[0])
+        t.meta[M_EVICT_BEFORE] = np.partition(times, k - 1)[k - 1]
+        t.meta[M_EVICT_POS] = 0
+    before = t.meta[M_EVICT_BEFORE]
+    i = t.meta[M_EVICT_POS]
+    while i < cap:
+        if n_out >= out.shape[0]:
+            t.meta[M_EVICT_POS] = i
+            return n_out
+        if t.used[i] and t.seen[i] <= before:
+            n_out = _emit(t, i, END_EVICTED, out, n_out)
+            t.meta[M_EVICTIONS] += 1
+        i += 1
+    t.meta[M_EVICT_POS] = -1
+    return n_out
+
+
+@njit(cache=True, nogil=True)
 def expire_idle(t, now_ns, out):
-    """Emit records idle past their timeout at time now_ns, oldest first, until out is full.
+    """Emit every record idle past its timeout at time now_ns (in record order), until out is full.
 
-    Returns the number of records written to out."""
+    A sweep that filled `out` continues where it stopped at the next call (with the same `now`); a call that finds
+    no sweep under way starts one. Returns (records written to out, True when the sweep is complete)."""
+    cap = t.records.shape[0]
+    if t.meta[M_SWEEP_POS] < 0:
+        t.meta[M_SWEEP_POS] = 0
+        t.meta[M_SWEEP_NOW] = now_ns
+    now = t.meta[M_SWEEP_NOW]
     n_out = 0
-    shortest = min(t.params[P_TCP_IDLE_NS], t.params[P_OTHER_IDLE_NS], t.params[P_CLOSED_IDLE_NS])
-    i = t.meta[M_TAIL]
-    while i >= 0 and n_out < out.shape[0]:
-        r = t.records[i]
-        if now_ns - r.last_seen_ns <= shortest:
-            break
-        prev = t.lru_prev[i]
-        if now_ns - r.last_seen_ns > _idle_timeout(t, r, _closed(r)):
+    i = t.meta[M_SWEEP_POS]
+    while i < cap:
+        if n_out >= out.shape[0]:
+            t.meta[M_SWEEP_POS] = i
+            return n_out, False
+        if t.used[i] and now - t.seen[i] > _idle_timeout(t, t.records[i], _closed(t.records[i])):
             n_out = _emit(t, i, END_IDLE, out, n_out)
-        i = prev
-    return n_out
+        i += 1
+    t.meta[M_SWEEP_POS] = -1
+    return n_out, True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def flush_table(t, reason, out):
-    """Emit every live record (oldest first) with the given end reason, until out is full; returns the count."""
+    """Emit every live record (in record order) with the given end reason, until out is full; returns the count."""
     n_out = 0
-    while t.meta[M_TAIL] >= 0 and n_out < out.shape[0]:
-        n_out = _emit(t, t.meta[M_TAIL], reason, out, n_out)
+    cap = t.records.shape[0]
+    for i in range(cap):
+        if n_out >= out.shape[0]:
+            break
+        if t.used[i]:
+            n_out = _emit(t, i, reason, out, n_out)
     return n_out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def release_slots(t, slots):
     """Give payload slots of consumed records back to the pool (negative entries are ignored)."""
     for s in slots:

@@ -106,7 +106,7 @@ class FlowBatch:
 
     def kept_stream(self, row: int, direction: int) -> bytes:
         """The kept payload of one direction as one byte string (packets concatenated)."""
-        return b"".join(self.kept_payload(row, direction))
+        return self.table.kept_stream(int(self.records[row]["slot"]), direction)
 
     def conversation(self, row: int) -> "Conversation | None":
         """The conversation shape of records[row] over its whole life, or None when it kept no payload slot."""
@@ -137,15 +137,14 @@ class FlowTable:
         params[kernels.P_ACTIVE_NS] = int(settings.active_s * 1e9)
         params[kernels.P_CLOSED_IDLE_NS] = int(settings.closed_idle_s * 1e9)
         meta = np.zeros(kernels.META_SIZE, np.int64)
-        meta[kernels.M_HEAD] = meta[kernels.M_TAIL] = -1
+        meta[kernels.M_SWEEP_POS] = meta[kernels.M_EVICT_POS] = -1
         meta[kernels.M_FREE_TOP] = cap
         meta[kernels.M_SLOT_FREE_TOP] = slots
         self.t = kernels.TableArrays(
             records=np.zeros(cap, FLOW_DTYPE),
             used=np.zeros(cap, np.uint8),
+            seen=np.zeros(cap, np.int64),
             index=np.full(index_size, -1, np.int32),
-            lru_prev=np.full(cap, -1, np.int32),
-            lru_next=np.full(cap, -1, np.int32),
             free=np.arange(cap - 1, -1, -1, dtype=np.int32),
             meta=meta,
             params=params,
@@ -207,11 +206,11 @@ class FlowTable:
 
     def expire(self, now_ns: int) -> Iterator[FlowBatch]:
         """Emit flows idle past their timeout at `now_ns`."""
-        while True:
-            n_out = kernels.expire_idle(self.t, np.int64(now_ns), self._out)
-            if not n_out:
-                return
-            yield from self._hand_out(n_out)
+        finished = False
+        while not finished:
+            n_out, finished = kernels.expire_idle(self.t, np.int64(now_ns), self._out)
+            if n_out:
+                yield from self._hand_out(n_out)
 
     def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> Iterator[FlowBatch]:
         """Emit every live flow with the given end reason, leaving the table empty."""
@@ -263,6 +262,11 @@ class FlowTable:
             pieces.append(t.keep_data[slot, direction, at:at + n].tobytes())
             at += n
         return pieces
+
+    def kept_stream(self, slot: int, direction: int) -> bytes:
+        if slot < 0:
+            return b""
+        return self.t.keep_data[slot, direction, :int(self.t.keep_fill[slot, direction])].tobytes()
 
     def kept_lengths(self, slot: int, direction: int) -> np.ndarray:
         """L4 payload length of each kept packet of one direction (what the wire carried, not what was kept)."""
