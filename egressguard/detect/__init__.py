@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from egressguard.detect.base import BatchResult, Detector
+from egressguard.detect.dns_binding import DnsBinding, DnsObserver
 from egressguard.detect.ssh_tunnel import SshTunnelDetector
 from egressguard.flows import FlowBatch
 
@@ -11,8 +12,10 @@ DETECTORS: dict[str, type] = {
 
 
 def default_detectors() -> list[Detector]:
-    """One instance of every detector, with default parameters."""
-    return [cls() for cls in DETECTORS.values()]
+    """One instance of every detector, with default parameters; detectors that use names bound by DNS answers
+    share one DnsBinding, fed first by the DnsObserver."""
+    binding = DnsBinding()
+    return [DnsObserver(binding)] + [cls() for cls in DETECTORS.values()]
 
 
 def run_detectors(detectors: list[Detector], batch: FlowBatch, capture: str) -> BatchResult:
