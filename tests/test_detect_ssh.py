@@ -124,7 +124,8 @@ HS = SshHandshake(SshSide("SSH-2.0-a"), SshSide("SSH-2.0-b"), True, "chacha20-po
     (_signals(login=PostAuth(True, 68, True), keepalives=8, keepalive_interval=2.0, keepalive_cv=0.01),
      SshUse.REVERSE_TUNNEL),
     (_signals(answered_rev=4, bytes_fwd=200_000), SshUse.REVERSE_TUNNEL),
-    (_signals(led_rev=9, led_fwd=1), SshUse.REVERSE_TUNNEL),
+    (_signals(led_rev=9, led_fwd=1), SshUse.UNDETERMINED),  # a server that pushes is not a tunnel by itself
+    (_signals(acks_rev=300, acks_fwd=2), SshUse.UNDETERMINED),
     (_signals(echo_fwd=50), SshUse.INTERACTIVE),
     (_signals(echo_fwd=12, tunnel_echo_fwd=12), SshUse.TUNNEL),  # an SSH session typed through this one
     (_signals(login=PostAuth(True, None, True), answered_fwd=5, bytes_rev=150_000), SshUse.TUNNEL),
@@ -147,6 +148,7 @@ def test_role_reversal_alone_is_a_reverse_tunnel():
 
 def test_evidence_carries_measured_values():
     verdict = classify(HS, _signals(echo_rev=41, tunnel_echo_rev=41, acks_rev=120, acks_fwd=3, led_rev=9, led_fwd=1))
+    assert len(verdict.evidence) == 3
     text = " ".join(verdict.evidence)
     assert "41 packets" in text and "68/76/92/100 B" in text and "120 bare ACKs against 3" in text
     assert "9 of 10 bursts" in text
@@ -368,3 +370,37 @@ def test_idle_gap_split_rest_is_still_recognised_as_ssh():
                 if event.batch.records[row]["orig_port"] == 64980:
                     uses.append(ann["ssh_use"])
     assert len(uses) == 2 and uses[0] == "interactive"
+
+
+def _obscured_trains(leader, n_keys, size, start, tail_chaff=10):
+    """OpenSSH >= 9.5 ObscureKeystrokeTiming: the typing side sends a packet every 20 ms (real keystrokes, then
+    chaff SSH2_MSG_PING of the same size) and the other side answers each within a few ms (echo or PONG)."""
+    events, t = [], start
+    for _ in range(n_keys + tail_chaff):
+        events += [(leader, size, t), (1 - leader, size, t + 0.003)]
+        t += 0.020
+    return events, t
+
+
+def test_obscured_keystroke_timing_reverse_and_forward():
+    handshake = [(0, 40, 0.0), (1, 40, 0.01), (0, 1400, 0.02), (1, 1100, 0.03)]
+    rev, t = _obscured_trains(1, 12, 76, 2.0)  # the outside types through a nested session (K2 = 76)
+    conv = _conversation(handshake + rev)
+    sig = _signals(echo_rev=conv.echoes(1, 76) + conv.echoes(1, 36), tunnel_echo_rev=conv.echoes(1, 76),
+                   echo_fwd=conv.echoes(0, 76) + conv.echoes(0, 36), tunnel_echo_fwd=conv.echoes(0, 76))
+    assert sig.tunnel_echo_rev >= 20 and sig.echo_fwd == 0
+    assert classify(HS, sig).use is SshUse.REVERSE_TUNNEL
+    fwd, _ = _obscured_trains(0, 12, 36, 2.0)  # the sandbox side types into an ordinary session (K1 = 36)
+    conv = _conversation(handshake + fwd)
+    sig = _signals(echo_fwd=conv.echoes(0, 36), echo_rev=conv.echoes(1, 36))
+    assert classify(HS, sig).use is SshUse.INTERACTIVE
+
+
+def test_auth_inference_reported_for_lab_sessions():
+    verdicts = _ssh_verdicts(LAB_CAPTURES / "ssh-interactive.pcap")
+    analyzer = Analyzer()
+    infos = []
+    for event in analyzer.analyze(str(LAB_CAPTURES / "ssh-interactive.pcap")):
+        if isinstance(event, FlowsReady):
+            infos += [a["ssh"] for a in event.result.annotations.values() if "ssh" in a]
+    assert verdicts and infos and all(i["auth"] == "success" for i in infos)

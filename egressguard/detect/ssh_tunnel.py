@@ -297,7 +297,9 @@ class SshTunnelDetector:
                 Verdict(SshUse.UNDETERMINED, 0.0, ())
         if int(rec["end_reason"]) in _CUT_SHORT:
             self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, _endpoints(rec)))
-        self._report(rec, row, hs, verdict, capture, result)
+        sizes, _ = batch.early_sequence(row)
+        login = post_auth(hs, [int(x) for x in sizes]) if carrier is None else None
+        self._report(rec, row, hs, verdict, capture, result, login)
 
     def _inspect_continuation(self, batch: FlowBatch, row: int, prior: _Remembered, capture: str,
                               result: BatchResult) -> None:
@@ -322,10 +324,13 @@ class SshTunnelDetector:
             self._remembered.popitem(last=False)
 
     def _report(self, rec: np.void, row: int, hs: SshHandshake, verdict: Verdict, capture: str,
-                result: BatchResult) -> None:
+                result: BatchResult, login: PostAuth | None = None) -> None:
+        auth = None if login is None or login.auth_success is None else (
+            "success" if login.auth_success else "failure")
         ssh_info = {
             "client_banner": hs.client.banner, "server_banner": hs.server.banner,
             "hassh": hs.hassh(), "hassh_server": hs.hassh_server(), "cipher": hs.cipher, "mac": hs.mac,
+            "auth": auth,  # inferred from record sizes (Zeek's method, detection-science 1.5); null when unknown
         }
         result.annotate(row, app="ssh", ssh_use=str(verdict.use), ssh=ssh_info)
         if verdict.use not in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL):

@@ -73,6 +73,7 @@ def _finding_details(f: dict[str, Any]) -> list[str]:
     if ssh:
         lines.append(f"ssh client: {safe_markup(ssh.get('client_banner'))}   server: {safe_markup(ssh.get('server_banner'))}")
         lines.append(f"cipher {safe_markup(ssh.get('cipher'))}, mac {safe_markup(ssh.get('mac'))}, "
+                     f"login {safe_markup(ssh.get('auth') or 'unknown')}, "
                      f"hassh {safe_markup(ssh.get('hassh'))}, hassh_server {safe_markup(ssh.get('hassh_server'))}")
     return lines
 
