@@ -1,10 +1,12 @@
 """Output records: Community ID against the reference implementation, address text, record fields."""
 import ipaddress
+import json
 import random
 import socket
 
 import pytest
 
+from egressguard.report.jsonl import dumps
 from egressguard.report.records import address_bytes, community_id, format_address
 
 communityid = pytest.importorskip("communityid", reason="the reference Community ID package is a test extra")
@@ -83,3 +85,33 @@ def test_ipv4_mapped_addresses_format_as_dotted_quad(text):
 def test_ipv6_addresses_format(text):
     value = int(ipaddress.IPv6Address(text))
     assert ipaddress.IPv6Address(format_address(value >> 64, value & (2**64 - 1), 6)) == ipaddress.IPv6Address(text)
+
+
+def test_hostile_wire_strings_render_literally_in_tables():
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from egressguard.report.table import render_findings
+    from egressguard.report.records import finding_record
+    from egressguard.schema import FLOW_DTYPE, Finding, FindingKind, Severity
+
+    rec = np.zeros(1, FLOW_DTYPE)[0]
+    rec["ip_version"], rec["proto"] = 4, 6
+    rec["orig_lo"], rec["resp_lo"] = (0xFFFF << 32) | 0x0A000002, (0xFFFF << 32) | 0xC6120002
+    hostile = "SSH-2.0-[bold red]owned[/bold red]\x1b[2J\x1b]0;title\x07\u202eevil" + "A" * 500
+    finding = Finding(FindingKind.SSH_TUNNEL, Severity.HIGH, 0.9, ("evidence [link=x]y[/link]",), rec, "c.pcap",
+                      {"ssh": {"client_banner": hostile, "server_banner": "s", "cipher": None, "mac": None,
+                               "hassh": None, "hassh_server": None, "auth": None}})
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(render_findings([finding_record(finding)]))
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    flat = "".join(c for c in text if not c.isspace() and c not in "│")  # wrapping may split anywhere
+    assert "[boldred]owned[/boldred]" in flat and "\\x1b[2J" in flat and "\\u202e" in flat
+    assert "[link=x]y[/link]" in flat
+    assert "+300chars" in flat  # bounded
+    record = json.loads(dumps(finding_record(finding)))
+    assert record["ssh"]["client_banner"] == hostile  # JSON keeps the exact string, escaped by the encoder
+    assert all(ord(c) < 128 for c in dumps(finding_record(finding)))
