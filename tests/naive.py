@@ -1,16 +1,24 @@
 """Plain-Python reference of the flow table (a test oracle for egressguard/flows).
 
-Flows live in an ``OrderedDict`` keyed by the canonical bidirectional 5-tuple; the dict order is the LRU order
-(least recently touched first). Every rule mirrors egressguard/flows/kernels.py, written as directly as possible:
+Flows live in a list indexed by record number, as in the kernel, because the order of idle sweeps, evictions and
+flushes and the eviction threshold depend on which record a flow occupies; a dict maps the canonical bidirectional
+5-tuple to its record. Free record numbers form a stack (a list popped from the end) that starts as cap-1 .. 0, so
+the first record is 0, and an emitted record's number goes back on top. Every rule mirrors
+egressguard/flows/kernels.py, written as directly as possible:
 
 * packets with ip_version 0 are skipped (counted);
 * the originator is the sender of a bare SYN, the receiver of a SYN-ACK seen first, else the sender of the first
   packet; a bare SYN or a SYN-ACK opening a record sets SAW_SYN;
-* when a packet of a live 5-tuple arrives, in this order: later than the idle timeout (TCP or other) after the
-  record's last packet -> END_IDLE; a bare SYN on a closed connection (RST seen, or FIN in both directions) ->
-  END_PORT_REUSE (the new record gets PORT_REUSE); older than the active timeout since the record's first packet ->
-  END_ACTIVE_TIMEOUT (the new record keeps the orientation and SAW_SYN and gets CONTINUED);
-* a new record in a full table evicts the least recently touched one (END_EVICTED);
+* a record's last_seen_ns is the time of its newest packet (a packet older than it changes nothing);
+* when a packet of a live 5-tuple arrives, in this order: later than the idle timeout after the record's last packet
+  -> END_IDLE; a bare SYN on a closed connection (RST seen, or FIN in both directions) -> END_PORT_REUSE (the new
+  record gets PORT_REUSE); older than the active timeout since the record's first packet -> END_ACTIVE_TIMEOUT (the
+  new record keeps the orientation and SAW_SYN and gets CONTINUED). The idle timeout is other_idle for non-TCP; for
+  TCP it is closed_idle when the connection is closed, else tcp_idle;
+* a new record in a full table runs eviction scans while the table is full and the output buffer has room: a scan
+  takes T = the k-th smallest last_seen_ns of the live records, k = max(1, capacity // EVICT_FRACTION), then walks
+  the records in index order emitting (END_EVICTED, counted) every live one last seen at or before T. When the
+  output buffer fills, the scan stops and a later scan continues from there with the same T;
 * TCP payload whose sequence number lies before the direction's next expected one is a retransmission: counted, not
   added to the payload statistics and not kept (a SYN only sets the next expected number; 0 means unknown);
 * the first ``keep_packets`` fresh payload packets per direction keep their first bytes (``keep_bytes`` per
@@ -20,14 +28,12 @@ Flows live in an ``OrderedDict`` keyed by the canonical bidirectional 5-tuple; t
   once) and never keeps payload;
 * emitted records keep their slot until the batch that carries them is released: at the end of each update(), or
   when the output buffer of ``out_size`` records cannot take two more records (the kernel returns early);
-* expire(now) walks from the least recently touched record and stops at the first one idle for no more than the
-  shortest timeout, emitting those past their own protocol's timeout; flush() emits everything, oldest first.
-
-Timestamps need not be monotonic: the LRU order is the order packets were processed in, as in the kernel.
+* expire(now) emits, in index order, every record idle for longer than its timeout at `now` (the kernel may do this
+  over several calls when its output buffer fills, which comes to the same); flush() emits everything in index order
+  and ends any eviction scan under way (the next one computes a fresh threshold); snapshot() lists the live records
+  in index order.
 """
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 
@@ -37,6 +43,7 @@ M64 = (1 << 64) - 1
 TCP, FIN, SYN, RST, ACK = 6, 0x01, 0x02, 0x04, 0x10
 SAW_SYN, SLOT_DENIED, CONTINUED, PORT_REUSE = 1, 2, 4, 8
 ACTIVE, END_IDLE, END_ACTIVE_TIMEOUT, END_EVICTED, END_OF_INPUT, END_PORT_REUSE = 0, 1, 2, 3, 4, 5
+EVICT_FRACTION = 16  # an eviction scan evicts down to the k-th oldest flow, k = max(1, capacity // EVICT_FRACTION)
 FLOW_FIELDS = FLOW_DTYPE.names
 DIRECTION_FIELDS = ("pkts", "bytes", "payload_bytes", "payload_pkts", "bare_acks", "retransmits", "tcp_flags",
                     "payload_min", "payload_max", "payload_mean", "payload_m2", "iat_mean", "iat_m2", "last_ns",
@@ -92,9 +99,10 @@ def _seq_before(seq: int, next_seq: int) -> bool:
 
 
 class _Flow:
-    __slots__ = ("rec", "slot", "kept", "kept_len", "fill", "seq")
+    __slots__ = ("key", "rec", "slot", "kept", "kept_len", "fill", "seq")
 
-    def __init__(self, rec: dict):
+    def __init__(self, key: tuple, rec: dict):
+        self.key = key
         self.rec = rec
         self.slot = -1
         self.kept: tuple[list[bytes], list[bytes]] = ([], [])
@@ -117,7 +125,13 @@ class NaiveFlowTable:
         self.other_idle = int(settings.other_idle_s * 1e9)
         self.active = int(settings.active_s * 1e9)
         self.closed_idle = int(settings.closed_idle_s * 1e9)
-        self.flows: OrderedDict[tuple, _Flow] = OrderedDict()  # least recently touched first
+        self.records: list[_Flow | None] = [None] * settings.capacity  # by record index, None = free
+        self.by_key: dict[tuple, int] = {}  # canonical 5-tuple -> record index
+        self.free = list(range(settings.capacity - 1, -1, -1))  # stack of free record indices, top = end
+        self.evict_pos = -1  # where an unfinished eviction scan continues, -1 when none is under way
+        self.evict_before = 0  # that scan's threshold T
+        self.n_out = 0  # records emitted by update() into the kernel's output buffer since the last hand-out
+        self.evict_scans = self.evict_resumes = 0  # eviction scans started; scans continued after out filled
         self.free_slots = list(range(settings.payload_slots - 1, -1, -1))
         self.pending: list[int] = []  # slots of emitted records not yet released
         self.evictions = self.slot_denied = self.skipped = self.created = 0
@@ -125,7 +139,11 @@ class NaiveFlowTable:
 
     @property
     def live(self) -> int:
-        return len(self.flows)
+        return len(self.by_key)
+
+    def live_flows(self) -> list[tuple[int, _Flow]]:
+        """(record index, flow) of every live record, in index order."""
+        return [(i, f) for i, f in enumerate(self.records) if f is not None]
 
     # ---- records
     def _new_record(self, p: dict, orig_is_src: bool, flags: int) -> dict:
@@ -141,15 +159,30 @@ class NaiveFlowTable:
             ip_version=p["ip_version"], flow_flags=flags, slot=-1)
         return rec
 
-    def _emit(self, key: tuple, reason: int) -> dict:
-        f = self.flows.pop(key)
-        out = dict(f.rec)
-        out["end_reason"] = reason
-        out["slot"] = f.slot
-        self._attach_payload(out, f)
+    def _create(self, key: tuple, rec: dict) -> _Flow:
+        f = _Flow(key, rec)
+        ridx = self.free.pop()
+        assert self.records[ridx] is None
+        self.records[ridx] = f
+        self.by_key[key] = ridx
+        self.created += 1
+        self.max_live = max(self.max_live, self.live)
+        return f
+
+    def _emit(self, ridx: int, reason: int, out: list[dict]) -> None:
+        """Append record ridx to out with its end reason and free it (its slot stays pending until released)."""
+        f = self.records[ridx]
+        self.records[ridx] = None
+        del self.by_key[f.key]
+        self.free.append(ridx)
+        rec = dict(f.rec)
+        rec["end_reason"] = reason
+        rec["slot"] = f.slot
+        self._attach_payload(rec, f)
         if f.slot >= 0:
             self.pending.append(f.slot)
-        return out
+        out.append(rec)
+        self.n_out += 1
 
     @staticmethod
     def _attach_payload(out: dict, f: _Flow) -> None:
@@ -228,19 +261,39 @@ class NaiveFlowTable:
     # ---- the table's operations
     def update(self, packets: np.ndarray, buf) -> list[dict]:
         out: list[dict] = []
-        n_out = 0
+        self.n_out = 0
         for p in packets_as_dicts(packets):
-            if n_out + 1 >= self.out_cap:  # the kernel hands out a batch; the consumer releases its slots
+            if self.n_out + 1 >= self.out_cap:  # the kernel hands out a batch; the consumer releases its slots
                 self._release()
-                n_out = 0
+                self.n_out = 0
             if p["ip_version"] == 0:
                 self.skipped += 1
                 continue
-            out_before = len(out)
             self._packet(p, buf, out)
-            n_out += len(out) - out_before
         self._release()
         return out
+
+    def _evict_oldest(self, out: list[dict]) -> None:
+        """One eviction scan (or the rest of one that the full output buffer interrupted)."""
+        if self.evict_pos < 0:
+            times = sorted(f.rec["last_seen_ns"] for _, f in self.live_flows())
+            if not times:
+                return
+            k = min(max(1, self.s.capacity // EVICT_FRACTION), len(times))
+            self.evict_before = times[k - 1]
+            self.evict_pos = 0
+            self.evict_scans += 1
+        else:
+            self.evict_resumes += 1
+        for i in range(self.evict_pos, self.s.capacity):
+            if self.n_out >= self.out_cap:
+                self.evict_pos = i
+                return
+            f = self.records[i]
+            if f is not None and f.rec["last_seen_ns"] <= self.evict_before:
+                self._emit(i, END_EVICTED, out)
+                self.evictions += 1
+        self.evict_pos = -1
 
     def _packet(self, p: dict, buf, out: list[dict]) -> None:
         key = canonical_key(p)
@@ -248,7 +301,8 @@ class NaiveFlowTable:
         is_tcp = p["proto"] == TCP
         bare_syn = is_tcp and fl & (SYN | ACK) == SYN
         syn_ack = is_tcp and fl & (SYN | ACK) == SYN | ACK
-        f = self.flows.get(key)
+        ridx = self.by_key.get(key)
+        f = None if ridx is None else self.records[ridx]
         d = 0
         if f is not None:
             rec = f.rec
@@ -270,7 +324,7 @@ class NaiveFlowTable:
                 new_flags = CONTINUED | (rec["flow_flags"] & SAW_SYN)
                 orig_is_src, fresh_orientation = d == 0, False
             if reason:
-                out.append(self._emit(key, reason))
+                self._emit(ridx, reason, out)
                 f = None
         if f is None:
             if fresh_orientation:
@@ -280,15 +334,11 @@ class NaiveFlowTable:
                 elif syn_ack:
                     new_flags |= SAW_SYN
                     orig_is_src, d = False, 1
-            if len(self.flows) >= self.s.capacity:
-                out.append(self._emit(next(iter(self.flows)), END_EVICTED))
-                self.evictions += 1
-            f = _Flow(self._new_record(p, orig_is_src, new_flags))  # _stats fills in the sender's MAC
-            self.flows[key] = f
-            self.created += 1
-            self.max_live = max(self.max_live, len(self.flows))
+            while self.live >= self.s.capacity and self.n_out < self.out_cap:
+                self._evict_oldest(out)
+            assert self.live < self.s.capacity
+            f = self._create(key, self._new_record(p, orig_is_src, new_flags))  # _stats fills in the sender's MAC
         rec = f.rec
-        self.flows.move_to_end(key)
         rec["last_seen_ns"] = max(rec["last_seen_ns"], ts)
         if p["status"] & 8:  # PacketStatus.FRAGMENT
             rec["fragments"] += 1
@@ -307,25 +357,24 @@ class NaiveFlowTable:
         return self.closed_idle if self._closed(rec) else self.tcp_idle
 
     def expire(self, now_ns: int) -> list[dict]:
-        out = []
-        shortest = min(self.tcp_idle, self.other_idle, self.closed_idle)
-        for key in list(self.flows):
-            rec = self.flows[key].rec
-            if now_ns - rec["last_seen_ns"] <= shortest:
-                break
-            if now_ns - rec["last_seen_ns"] > self._idle(rec):
-                out.append(self._emit(key, END_IDLE))
+        out: list[dict] = []
+        for ridx, f in self.live_flows():
+            if now_ns - f.rec["last_seen_ns"] > self._idle(f.rec):
+                self._emit(ridx, END_IDLE, out)
         self._release()
         return out
 
     def flush(self, reason: int = END_OF_INPUT) -> list[dict]:
-        out = [self._emit(key, reason) for key in list(self.flows)]
+        out: list[dict] = []
+        for ridx, _ in self.live_flows():
+            self._emit(ridx, reason, out)
+        self.evict_pos = -1  # the empty table has no eviction scan under way any more
         self._release()
         return out
 
     def snapshot(self) -> list[dict]:
         out = []
-        for f in self.flows.values():
+        for _, f in self.live_flows():
             rec = dict(f.rec)
             rec["end_reason"] = ACTIVE
             rec["slot"] = f.slot

@@ -1,4 +1,5 @@
-"""Focused tests of the flow kernels (egressguard/flows/kernels.py): record writes, hashing, the hash index, the LRU.
+"""Focused tests of the flow kernels (egressguard/flows/kernels.py): record writes, hashing, the hash index, ageing
+(record indices, idle sweeps, eviction scans).
 
 Passes with and without JIT (``NUMBA_DISABLE_JIT=1`` runs the kernels as Python, for coverage): structured arrays
 handed to the kernels here are ``np.recarray`` views, whose elements take attribute access in plain Python the way
@@ -208,8 +209,8 @@ def _colliding_sports(n: int, homes: set[int], mask: int = 15) -> list[int]:
 
 
 def test_index_stays_consistent_through_expiry_and_eviction():
-    """Colliding real keys in a tiny table; expiry and eviction delete in LRU order, which is random in the index.
-    After each round every live flow must still be found: one more packet each creates no new record."""
+    """Colliding real keys in a tiny table; expiry and eviction delete in record index order, which is random in the
+    hash index. After each round every live flow must still be found: one more packet each creates no new record."""
     table = make_table(FlowSettings(capacity=8, payload_slots=0, other_idle_s=5.0, tcp_idle_s=5.0), out_size=4)
     assert len(table.t.index) == 16
     sports = _colliding_sports(14, {14, 15, 0})
@@ -241,56 +242,249 @@ def test_index_stays_consistent_through_expiry_and_eviction():
     assert emitted == table.created
 
 
-# ---------------------------------------------------------------- the LRU list
+# ---------------------------------------------------------------- ageing: record indices, seen, sweeps, eviction
 
 
-def lru_walk(table: FlowTable) -> list[int]:
+def live_origs(table: FlowTable) -> list[int]:
+    """The originator host number (orig_lo - V4) of every live record, in record index order."""
+    return [int(r.orig_lo) - V4 for r in live_records(table)]
+
+
+def test_free_stack_gives_index_0_first_and_reuses_the_last_freed():
+    table = make_table(FlowSettings(capacity=4, payload_slots=0, other_idle_s=5.0))
+    feed(table, [udp(0, 1, 2), udp(1, 3, 4), udp(2, 5, 6)])
+    assert np.flatnonzero(table.t.used).tolist() == [0, 1, 2] and live_origs(table) == [1, 3, 5]
+    expired = [b.records.copy() for b in table.expire(T0 + int(6.5 * SEC))]  # 0 and 1 idle > 5 s, 2 is not
+    assert [int(x) - V4 for x in np.concatenate(expired)["orig_lo"]] == [1, 3]  # index order: 0 pushed, then 1
+    feed(table, [udp(7, 7, 8)])
+    assert table.t.records[1].orig_lo == V4 + 7  # the last freed index is on top of the stack
+    feed(table, [udp(7.1, 9, 10), udp(7.2, 11, 12)])
+    assert live_origs(table) == [9, 7, 5, 11] and table.live == 4
+
+
+def test_seen_is_the_newest_packet_time():
+    table = make_table(FlowSettings(capacity=8, payload_slots=0, other_idle_s=60.0))
+    feed(table, [udp(10, 1, 2), udp(12, 2, 1, sport=53, dport=1000), udp(11, 1, 2),  # older: no change
+                 udp(5, 3, 4), udp(4, 3, 4), udp(6, 4, 3, sport=53, dport=1000)])
     t = table.t
-    order, i, prev = [], int(t.meta[kernels.M_HEAD]), -1
-    while i >= 0:
-        assert t.used[i] and int(t.lru_prev[i]) == prev
-        order.append(i)
-        prev, i = i, int(t.lru_next[i])
-        assert len(order) <= table.live
-    assert int(t.meta[kernels.M_TAIL]) == prev
-    assert len(order) == table.live
-    return order
+    used = t.used.astype(bool)
+    assert t.seen[used].tolist() == t.records.last_seen_ns[used].tolist() == [T0 + 12 * SEC, T0 + 6 * SEC]
+    assert live_records(table).first_seen_ns.tolist() == [T0 + 10 * SEC, T0 + 5 * SEC]
 
 
-def test_lru_order_is_last_seen_order():
-    table = make_table(FlowSettings(capacity=12, payload_slots=0, other_idle_s=3.0, tcp_idle_s=3.0), out_size=4)
-    rng = np.random.default_rng(5)
-    now = 0.0
-    evicted = 0
-    for step in range(300):
-        now += float(rng.choice([0.001, 0.2, 1.0]))  # strictly increasing times
-        a = int(rng.integers(1, 6))
-        row = udp(now, a, 9, sport=int(rng.integers(1, 5))) if rng.random() < 0.5 else \
-            udp(now, 9, a, sport=53, dport=int(rng.integers(1, 5)))
-        oldest = int(live_records(table).last_seen_ns.min()) if table.live == 12 else None
-        for batch in feed(table, [row]):
-            for r in batch:
-                if r["end_reason"] == EndReason.IDLE:  # the packet's own flow had idled out: nothing to evict
-                    continue
-                assert r["end_reason"] == EndReason.EVICTED
-                assert r["last_seen_ns"] == oldest  # the least recently seen flow goes first
-                evicted += 1
-        order = lru_walk(table)
-        seen = [int(table.t.records[i].last_seen_ns) for i in order]
-        assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen)
-        assert seen[0] == T0 + int(round(now * SEC))
-        if step % 25 == 24:
-            now += 2.5
-            for _ in table.expire(T0 + int(now * SEC)):
-                pass
-            order = lru_walk(table)
-            seen = [int(table.t.records[i].last_seen_ns) for i in order]
-            assert seen == sorted(seen, reverse=True)
-            assert all(T0 + now * SEC - x <= 3 * SEC for x in seen)
-    assert table.evictions == evicted > 0
+def test_eviction_frees_the_oldest_sixteenth_at_once():
+    """A new flow in a full table of 64 evicts the 4 flows seen longest ago, all in one scan, and no kept flow was
+    seen before any evicted one; the next 3 new flows need no eviction."""
+    cap, k = 64, 64 // kernels.EVICT_FRACTION
+    table = make_table(FlowSettings(capacity=cap, payload_slots=0, other_idle_s=1e6), out_size=64)
+    rng = np.random.default_rng(11)
+    now, host = 0.0, 0
+    rounds = 0
+    while rounds < 12:
+        now += float(rng.choice([0.001, 0.1, 1.0]))  # strictly increasing: last-seen times are distinct
+        if table.live == 0 or (table.live < cap and rng.random() < 0.5):
+            host += 1
+            assert feed(table, [udp(now, host, 1)]) == []
+            continue
+        if table.live < cap or rng.random() < 0.6:  # touch a live flow: index order departs from last-seen order
+            assert feed(table, [udp(now, int(rng.choice(live_origs(table))), 1)]) == []
+            continue
+        before = {int(r.orig_lo) - V4: int(r.last_seen_ns) for r in live_records(table)}
+        order = live_origs(table)
+        host += 1
+        (evicted,) = feed(table, [udp(now, host, 1)])
+        gone = [int(x) - V4 for x in evicted.orig_lo]
+        assert (evicted.end_reason == EndReason.EVICTED).all() and len(gone) == k
+        assert sorted(gone) == sorted(sorted(before, key=before.get)[:k])  # the k seen longest ago
+        assert gone == [a for a in order if a in gone]  # emitted in record index order
+        kept = [before[a] for a in before if a not in gone]
+        assert max(evicted.last_seen_ns) < min(kept) and evicted.last_seen_ns.tolist() == [before[a] for a in gone]
+        assert table.live == cap - k + 1 and int(table.t.meta[kernels.M_EVICT_POS]) == -1
+        for _ in range(k - 1):  # room for k - 1 more flows without evicting
+            host += 1
+            now += 0.001
+            assert feed(table, [udp(now, host, 1)]) == []
+        assert table.live == cap
+        rounds += 1
+    assert table.evictions == 12 * k
+
+
+def test_eviction_takes_every_flow_tied_with_the_threshold():
+    table = make_table(FlowSettings(capacity=16, payload_slots=0, other_idle_s=1e6))  # k = 1
+    # hosts 100..103 last seen at 0 s, 104..107 at 1 s, 108..115 at 8..15 s; created in a shuffled order
+    order = [5, 0, 9, 2, 4, 15, 1, 3, 6, 7, 8, 10, 11, 12, 13, 14]
+    rows = [udp(0 if i < 4 else 1 if i < 8 else i, 100 + i, 1) for i in order]
+    assert feed(table, rows) == [] and table.live == 16
+    (evicted,) = feed(table, [udp(20, 1, 2)])
+    assert sorted(int(x) - 100 - V4 for x in evicted.orig_lo) == [0, 1, 2, 3]
+    assert table.evictions == 4 and table.live == 13
+    (evicted,) = feed(table, [udp(21, 2, 3), udp(22, 3, 4), udp(23, 4, 5), udp(24, 5, 6)])
+    assert sorted(int(x) - 100 - V4 for x in evicted.orig_lo) == [4, 5, 6, 7] and table.live == 13
+
+
+TIMEOUT_S = {"udp": 60, "tcp-open": 900, "tcp-closed": 10}  # the FlowSettings defaults
+
+
+def aged_rows(seed: int, n: int = 60) -> tuple[list[dict], dict[int, tuple[int, int]]]:
+    """n flows (originator host a = 1..n) of three kinds, created in random order, each with its packets within a
+    second from a whole-second start in 0..999 s; returns the rows and {a: (idle timeout ns, last packet ns)}."""
+    rng = np.random.default_rng(seed)
+    rows, expect = [], {}
+    for a in rng.permutation(np.arange(1, n + 1)).tolist():
+        kind = ("udp", "tcp-open", "tcp-closed")[a % 3]
+        t0 = float(rng.integers(0, 1000))
+        if kind == "udp":
+            flow = [udp(t0, a, 200), udp(t0 + 0.5, 200, a, sport=53, dport=1000)]
+        else:
+            flow = [tcp(t0, a, 200, 5000, 443, 0x02), tcp(t0 + 0.25, 200, a, 443, 5000, 0x12)]
+            if kind == "tcp-open":
+                flow.append(tcp(t0 + 0.5, a, 200, 5000, 443, 0x10))
+            elif a % 2:
+                flow += [tcp(t0 + 0.5, a, 200, 5000, 443, 0x11), tcp(t0 + 0.75, 200, a, 443, 5000, 0x11)]
+            else:
+                flow.append(tcp(t0 + 0.5, 200, a, 443, 5000, 0x04))
+        rows += flow
+        expect[a] = (TIMEOUT_S[kind] * SEC, flow[-1]["ts_ns"])
+    return rows, expect
+
+
+def test_sweep_emits_exactly_the_idle_ones():
+    rows, expect = aged_rows(2)
+    table = make_table(FlowSettings(capacity=64, payload_slots=0), out_size=64)
+    assert feed(table, rows) == [] and table.live == len(expect)
+    timeout, last = expect[35]  # a closed TCP flow (FIN both ways): exactly at its timeout, then 1 ns past it
+    assert timeout == 10 * SEC
+    nows = sorted([last + timeout, last + timeout + 1, T0 + 400 * SEC, T0 + 1000 * SEC, T0 + 1500 * SEC,
+                   T0 + 1910 * SEC])
+    emitted = 0
+    for now in nows:
+        order = live_origs(table)
+        idle = [a for a in order if now - expect[a][1] > expect[a][0]]
+        out = [b.records.copy() for b in table.expire(now)]
+        got = [int(x) - V4 for x in np.concatenate(out)["orig_lo"]] if out else []
+        assert got == idle, f"now={now}"  # exactly the idle ones, in record index order
+        emitted += len(got)
+        assert all((b.end_reason == EndReason.IDLE).all() for b in out)
+        assert live_origs(table) == [a for a in order if a not in idle]
+        assert int(table.t.meta[kernels.M_SWEEP_POS]) == -1
+        if now == last + timeout:
+            assert 35 not in got and 35 in live_origs(table)
+        if now == last + timeout + 1:
+            assert 35 in got
+    assert table.live == 0 and emitted == len(expect)
+
+
+def _emit_all(kernel, t, out: np.ndarray, *args) -> tuple[list, int]:
+    """Call a resumable kernel until it reports completion; (emitted records as tuples, calls)."""
+    got, calls = [], 0
+    while True:
+        res = kernel(t, *args, out)
+        n, finished = res if isinstance(res, tuple) else (res, res == 0)
+        got += [tuple(r) for r in out[:n].tolist()]
+        calls += 1
+        assert calls < 1000
+        if finished:
+            return got, calls
+
+
+def _same_state(a: FlowTable, b: FlowTable) -> None:
+    for name in ("records", "used", "seen", "index", "free", "meta"):
+        assert np.array_equal(getattr(a.t, name), getattr(b.t, name)), name
+
+
+def test_sweep_and_flush_resume_when_out_is_tiny():
+    """A sweep through a one-record output buffer, one call per emitted record, gives the very records and the
+    very table state that one call with a large buffer gives; the same for flush."""
+    rows, expect = aged_rows(4)
+    settings = FlowSettings(capacity=64, payload_slots=0)
+    tiny, large = make_table(settings), make_table(settings)
+    feed(tiny, rows)
+    feed(large, rows)
+    now = T0 + 1100 * SEC
+    n_idle = sum(now - last > timeout for timeout, last in expect.values())
+    assert 3 < n_idle < len(expect) - 3
+    got, calls = _emit_all(kernels.expire_idle, tiny.t, rec(np.zeros(1, FLOW_DTYPE)), np.int64(now))
+    want, one = _emit_all(kernels.expire_idle, large.t, rec(np.zeros(64, FLOW_DTYPE)), np.int64(now))
+    assert one == 1 and calls >= n_idle and len(got) == n_idle and got == want
+    _same_state(tiny, large)
+    # FlowTable.expire with its smallest output buffer hands out the same records in the same order
+    a, b = make_table(settings, out_size=2), make_table(settings, out_size=256)
+    feed(a, rows)
+    feed(b, rows)
+    small_batches = [x.records.copy() for x in a.expire(now)]
+    assert len(small_batches) >= n_idle // 2
+    assert np.concatenate(small_batches).tolist() == np.concatenate([x.records.copy() for x in b.expire(now)]).tolist()
+    _same_state(a, b)
+    # flush: each call starts over at index 0; the records that are left come out in index order either way
+    order = live_origs(tiny)
+    got, calls = _emit_all(kernels.flush_table, tiny.t, rec(np.zeros(1, FLOW_DTYPE)), int(EndReason.END_OF_INPUT))
+    want, one = _emit_all(kernels.flush_table, large.t, rec(np.zeros(64, FLOW_DTYPE)), int(EndReason.END_OF_INPUT))
+    assert got == want and len(got) == len(order) == calls - 1 and one == 2
+    assert [r[FLOW_DTYPE.names.index("orig_lo")] - V4 for r in got] == order
+    _same_state(tiny, large)
+    assert tiny.live == 0
+
+
+def test_eviction_scan_resumes_with_the_same_threshold():
+    """An eviction scan cut short by a full output buffer continues at the next call with the threshold it started
+    with, even when younger flows were seen in between; the records it emits are those one long scan emits."""
+    settings = FlowSettings(capacity=32, payload_slots=0, other_idle_s=1e6)  # k = 2
+    # hosts 11, 13, 15 last seen at 1 s (the threshold: the 2nd smallest), 16 at 2 s, the others later
+    rows = [udp(float(s), 10 + i, 1) for i, s in enumerate([5, 1, 9, 1, 7, 1, 2, 3] + list(range(10, 34)))]
+    tiny, large = make_table(settings), make_table(settings)
+    feed(tiny, rows)
+    feed(large, rows)
+    assert tiny.live == 32
+    one, big = rec(np.zeros(1, FLOW_DTYPE)), rec(np.zeros(64, FLOW_DTYPE))
+    n = kernels._evict_oldest(large.t, big, 0)
+    want = [tuple(r) for r in big[:n].tolist()]
+    assert sorted(int(x) - V4 for x in big[:n].orig_lo) == [11, 13, 15]  # the three tied at 1 s
+    got = []
+    while True:
+        n = kernels._evict_oldest(tiny.t, one, 0)
+        got += [tuple(r) for r in one[:n].tolist()]
+        if int(tiny.t.meta[kernels.M_EVICT_POS]) < 0:
+            break
+        assert int(tiny.t.meta[kernels.M_EVICT_BEFORE]) == T0 + SEC
+    assert got == want and tiny.evictions == large.evictions == 3
+    _same_state(tiny, large)
+    # through update_table with a 2-record buffer: the scan stops after two records, the new flow is created, and
+    # the rest of the scan happens at the next eviction, with the old threshold (1 s): host 15 goes, host 16 (2 s)
+    # stays although a new scan would now take it as the 2nd oldest
+    t = make_table(settings, out_size=2)
+    feed(t, rows)
+    (first,) = feed(t, [udp(40, 1, 2)])
+    assert [int(x) - V4 for x in first.orig_lo] == [11, 13] and int(t.t.meta[kernels.M_EVICT_POS]) > 0
+    assert feed(t, [udp(41, 2, 3)]) == []  # a free record: no eviction
+    (second,) = feed(t, [udp(42, 3, 4)])
+    assert [int(x) - V4 for x in second.orig_lo] == [15] and int(t.t.meta[kernels.M_EVICT_POS]) == -1
+    assert t.evictions == 3 and t.live == 32 and 16 in live_origs(t)
+    (third,) = feed(t, [udp(43, 4, 5)])  # a new scan: threshold 3 s, the 2nd smallest of 2 s, 3 s, 5 s, ...
+    assert [int(x) - V4 for x in third.orig_lo] == [16, 17] and t.evictions == 5
+
+
+def test_flush_ends_an_eviction_scan_under_way():
+    """The pipeline reuses one table for capture after capture, flushing it in between. An eviction scan cut short
+    in one capture must not resume in the next with its old threshold: with an older next capture, every flow from
+    the scan's position on would be last seen before that threshold and evicted at once."""
+    settings = FlowSettings(capacity=32, payload_slots=0, other_idle_s=1e6)  # k = 2
+    table = make_table(settings, out_size=64)
+    buf = np.zeros(8, np.uint8)
+    # capture A: records 0, 1, 2 last seen at 100 s (the threshold), the others later; a 2-record output buffer
+    # cuts the scan short after records 0 and 1
+    assert feed(table, [udp(100.0 + max(i - 2, 0), 10 + i, 1) for i in range(32)]) == []
+    small = rec(np.zeros(2, FLOW_DTYPE))
+    assert kernels.update_table(table.t, buf, packets([udp(200, 1, 2)]), 0, small) == (1, 2)
+    assert int(table.t.meta[kernels.M_EVICT_POS]) == 2 and table.evictions == 2
     for _ in table.flush():
         pass
-    assert lru_walk(table) == [] and int(table.t.meta[kernels.M_HEAD]) == -1
+    assert table.live == 0
+    assert int(table.t.meta[kernels.M_EVICT_POS]) == -1 and int(table.t.meta[kernels.M_SWEEP_POS]) == -1
+    # capture B, recorded earlier than A: a full table, then one new flow evicts the 2 oldest flows of B, no more
+    assert feed(table, [udp(float(i), 50 + i, 1) for i in range(32)]) == []
+    (evicted,) = feed(table, [udp(40, 1, 2)])
+    assert sorted(int(x) - V4 for x in evicted.orig_lo) == [50, 51]
+    assert table.evictions == 4 and table.live == 31
 
 
 # ---------------------------------------------------------------- kernel rules, one by one

@@ -1,7 +1,10 @@
 """FlowTable against the plain-Python reference (tests/naive.py): random packets and real captures.
 
-Records are compared as multisets keyed by (5-tuple as oriented, first_seen): integers exactly, floats closely,
-plus the kept payload, kept lengths and early sequence of every record.
+The table and the reference run in lockstep. After every update/expire/flush the records emitted are compared as
+multisets keyed by (5-tuple as oriented, first_seen): integers exactly, floats closely, plus the kept payload, kept
+lengths and early sequence of every record; then their emission order, and the placement of the live flows: which
+record index holds which flow, the free stack, the payload slots and any eviction scan under way (sweep, eviction
+and flush order and the eviction threshold all depend on record indices).
 """
 from __future__ import annotations
 
@@ -127,14 +130,55 @@ def assert_same_records(got: list[dict], want: list[dict]) -> None:
                 assert tuple(g[n]) == tuple(w[n]), f"flow {key}: {n} differs:\n got {g[n]}\n exp {w[n]}"
 
 
+def assert_same_placement(table: FlowTable, ref: NaiveFlowTable, where: str) -> None:
+    """The same flows in the same record indices, the same free stack, slots and eviction scan state."""
+    t = table.t
+    used = np.flatnonzero(t.used).tolist()
+    assert used == [i for i, _ in ref.live_flows()], f"{where}: live record indices differ"
+    for i in used:
+        r, w = t.records[i], ref.records[i]
+        got = tuple(int(r[n]) for n in KEY_FIELDS) + (int(r["last_seen_ns"]), int(r["slot"]))
+        want = tuple(w.rec[n] for n in KEY_FIELDS) + (w.rec["last_seen_ns"], w.slot)
+        assert got == want, f"{where}: record {i} holds {got}, expected {want}"
+        assert int(t.seen[i]) == w.rec["last_seen_ns"], f"{where}: seen[{i}] != last_seen_ns"
+    free_top = int(t.meta[kernels.M_FREE_TOP])
+    assert t.free[:free_top].tolist() == ref.free, f"{where}: free stacks differ"
+    assert int(t.meta[kernels.M_EVICT_POS]) == ref.evict_pos, f"{where}: eviction scan position"
+    if ref.evict_pos >= 0:
+        assert int(t.meta[kernels.M_EVICT_BEFORE]) == ref.evict_before, f"{where}: eviction threshold"
+    assert int(t.meta[kernels.M_SWEEP_POS]) == -1, f"{where}: an idle sweep was left unfinished"
+    assert (table.live, table.evictions, table.slot_denied, table.skipped_packets, table.created) == (
+        ref.live, ref.evictions, ref.slot_denied, ref.skipped, ref.created), f"{where}: counters differ"
+
+
 def assert_matches_naive(chunks, settings: FlowSettings, out_size: int = 1 << 15) -> tuple[Run, NaiveFlowTable]:
-    run = Run(settings, out_size).chunks(chunks)
-    want, ref = naive_flows(chunks, settings, out_size)
-    assert_same_records(run.records, want)
-    t = run.table
-    assert (t.evictions, t.slot_denied, t.skipped_packets, t.created) == (
-        ref.evictions, ref.slot_denied, ref.skipped, ref.created)
+    """Run the table and the reference in lockstep over chunks as the pipeline does (update, expire at the chunk's
+    latest time, flush at the end), comparing the records of every step, their order and the placement after it.
+    A None in `chunks` is a flush between two captures (the pipeline reuses the table)."""
+    run, ref = Run(settings, out_size), NaiveFlowTable(settings, out_size)
+
+    def step(where: str, act, want: list[dict]) -> None:
+        n = len(run.records)
+        act()
+        got = run.records[n:]
+        assert_same_records(got, want)
+        assert [_key(r) for r in got] == [_key(r) for r in want], f"{where}: emission order differs"
+        assert_same_placement(run.table, ref, where)
+
+    for c, chunk in enumerate(chunks):
+        if chunk is None:
+            step(f"flush before chunk {c + 1}", run.flush, ref.flush())
+            continue
+        packets, buf = chunk
+        step(f"chunk {c} update", lambda: run.update(packets, buf), ref.update(packets, buf))
+        if len(packets):
+            now = int(packets["ts_ns"].max())
+            step(f"chunk {c} expire", lambda: run.expire(now), ref.expire(now))
+    step("flush", run.flush, ref.flush())
     assert run.max_live <= settings.capacity and ref.max_live <= settings.capacity
+    if None not in chunks:
+        want, _ = naive_flows(chunks, settings, out_size)  # the stand-alone driver agrees with the lockstep one
+        assert_same_records(run.records, want)
     return run, ref
 
 
@@ -151,7 +195,8 @@ GAP_P = np.array([0.05, 0.70, 0.13, 0.05, 0.03, 0.03, 0.01])
 
 def _time_steps(rng: np.random.Generator, n: int) -> np.ndarray:
     """Mostly short steps, some crossing the idle timeouts (other 5 s, TCP 20 s), some going back in time (a little,
-    as merged interfaces do, or by more than an idle timeout, so the LRU order departs from the last-seen order)."""
+    as merged interfaces do, or by more than an idle timeout, so creation order departs from last-seen order), some
+    zero (ties in last_seen: an eviction scan then takes every flow tied with its threshold)."""
     kind = rng.choice(len(GAPS_NS), size=n, p=GAP_P)
     steps = np.zeros(n, np.int64)
     for k, scale in enumerate(GAPS_NS):
@@ -244,6 +289,10 @@ RANDOM_CASES = {
                                           active_s=15.0), 5),
     "few-slots-no-sequence": (FlowSettings(capacity=20, payload_slots=2, keep_packets=4, keep_bytes=256,
                                            sequence_length=0, **SMALL), 64),
+    # long timeouts keep the table full: scans of 48 // 16 = 3 flows, most of them cut short by the 3-record output
+    "evict-sixteenth-tiny-out": (FlowSettings(capacity=48, payload_slots=8, keep_packets=2, keep_bytes=64,
+                                              sequence_length=4, tcp_idle_s=900.0, other_idle_s=300.0,
+                                              active_s=600.0), 3),
 }
 
 
@@ -252,6 +301,28 @@ RANDOM_CASES = {
 def test_random_packets_match_reference(seed, case):
     settings, out_size = RANDOM_CASES[case]
     assert_matches_naive(random_chunks(seed), settings, out_size)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_table_reused_for_an_older_capture_matches_reference(seed):
+    """As the pipeline does: one table, a flush after each capture. The first capture ends with an eviction scan cut
+    short by the 3-record output buffer; the second was recorded earlier, so a threshold left over from the first
+    would take every flow it reaches (test_flow_kernels.py checks that outcome directly)."""
+    settings, out_size = RANDOM_CASES["evict-sixteenth-tiny-out"]
+    first = random_chunks(seed)
+    ref = NaiveFlowTable(settings, out_size)
+    for packets, buf in first:
+        ref.update(packets, buf)
+        if len(packets):
+            ref.expire(int(packets["ts_ns"].max()))
+    assert ref.evict_pos > 0  # the guard: a scan is under way when the first capture ends
+    second = []
+    for packets, buf in random_chunks(seed + 10):
+        packets = packets.copy()
+        packets["ts_ns"] -= 10**6 * SEC
+        second.append((packets, buf))
+    run, ref = assert_matches_naive(first + [None] + second, settings, out_size)
+    assert ref.evictions > 0 and run.table.created == ref.created
 
 
 def test_random_generator_reaches_every_rule():
@@ -266,6 +337,13 @@ def test_random_generator_reaches_every_rule():
     for reason in (EndReason.IDLE, EndReason.ACTIVE_TIMEOUT, EndReason.EVICTED, EndReason.END_OF_INPUT,
                    EndReason.PORT_REUSE):
         assert reasons[int(reason)] > 0, f"no {reason.name} record: {reasons}"
+    # eviction scans of more than one flow, and scans continued after the output buffer filled
+    roomy, out = RANDOM_CASES["roomy-no-active"]
+    _, ref = naive_flows(random_chunks(0), roomy, out)
+    assert roomy.capacity // 16 > 1 and ref.evictions >= 2 * ref.evict_scans > 0
+    cramped, out = RANDOM_CASES["evict-sixteenth-tiny-out"]
+    _, ref = naive_flows(random_chunks(0), cramped, out)
+    assert ref.evict_resumes > 0
     flags = 0
     for r in records:
         flags |= r["flow_flags"]
@@ -470,11 +548,43 @@ def test_snapshot_returns_live_flows_without_removing_them():
     assert len(snap.records) == live and (snap.records["end_reason"] == int(EndReason.ACTIVE)).all()
     assert table.live == live and table.created == created
     assert_same_records(batch_rows(snap), ref.snapshot())
+    assert [_key(r) for r in batch_rows(snap)] == [_key(r) for r in ref.snapshot()]  # both in record index order
     again = table.snapshot()  # snapshots are copies and change nothing
     assert np.array_equal(again.records, snap.records)
     flushed = [r for b in table.flush() for r in batch_rows(b)]
-    assert sorted(map(_key, flushed)) == sorted(map(_key, batch_rows(snap)))
+    assert list(map(_key, flushed)) == list(map(_key, batch_rows(snap)))  # flush too goes in record index order
     assert {r["end_reason"] for r in flushed} == {int(EndReason.END_OF_INPUT)}
+
+
+def test_releasing_a_snapshot_leaves_the_live_flows_slots_alone():
+    """A snapshot's records carry the slots of live flows: releasing it (by mistake, or via a helper that releases
+    every batch it sees) must not put them back in the pool, where a new flow would take one and overwrite the
+    live flow's payload."""
+    settings = FlowSettings(capacity=8, payload_slots=2, keep_bytes=16, **SMALL)
+    run = Run(settings)
+    buf = np.arange(256, dtype=np.uint8)
+    run.update(make_packets([_udp(0, 1, 2, pl=5)]), buf)
+    snap = run.table.snapshot()
+    assert not snap.releasable and len(snap.records) == 1 and snap.records["slot"][0] >= 0
+    live_slot = int(snap.records["slot"][0])
+    free_top = int(run.table.t.meta[kernels.M_SLOT_FREE_TOP])
+    run.table.release(snap)
+    run.table.release(snap)
+    assert int(run.table.t.meta[kernels.M_SLOT_FREE_TOP]) == free_top == 1
+    assert int(snap.records["slot"][0]) == live_slot and snap.kept_stream(0, 0) == bytes(range(1, 6))
+    run.check_slot_accounting()  # free + held == payload_slots, with no slot both free and held
+    # two new flows with payload: one gets the last free slot, the other is denied (not given the live flow's slot)
+    run.update(make_packets([_udp(0.1, 3, 4, pl=5), _udp(0.2, 5, 6, pl=5)]), buf)
+    snap = {int(r["orig_lo"]) - V4[0]: r for r in run.table.snapshot().records}
+    assert len({int(snap[k]["slot"]) for k in (1, 3)}) == 2 and snap[5]["slot"] == -1
+    assert run.table.slot_denied == 1
+    assert run.table.kept_stream(live_slot, 0) == bytes(range(1, 6))  # the first flow's payload is intact
+    run.flush()
+    by_src = {int(r["orig_lo"]) - V4[0]: r for r in run.records}
+    assert b"".join(by_src[1]["kept_payload"][0]) == bytes(range(1, 6))
+    assert b"".join(by_src[3]["kept_payload"][0]) == bytes(range(3, 8))
+    # batches handed out by the table are still released
+    assert int(run.table.t.meta[kernels.M_SLOT_FREE_TOP]) == 2
 
 
 @pytest.mark.parametrize("bad", [

@@ -536,6 +536,11 @@ def flush_table(t, reason, out):
             break
         if t.used[i]:
             n_out = _emit(t, i, reason, out, n_out)
+    if t.meta[M_LIVE] == 0:
+        # an empty table has no sweep or eviction scan under way: one that was cut short must not resume on the
+        # next flows (the pipeline reuses the table for the next capture) with its old time or threshold
+        t.meta[M_SWEEP_POS] = -1
+        t.meta[M_EVICT_POS] = -1
     return n_out
 
 

@@ -90,11 +90,13 @@ class Conversation:
 class FlowBatch:
     """Finished (or snapshot) flow records and read access to the payload each one kept.
 
-    `records` is a FLOW array; `table` is the owning table, valid until `FlowTable.release(batch)`.
+    `records` is a FLOW array; `table` is the owning table, valid until `FlowTable.release(batch)`. A snapshot is
+    not `releasable`: its records name the payload slots of flows that are still live, which stay the table's.
     """
 
     records: np.ndarray
     table: "FlowTable"
+    releasable: bool = True
 
     def payload_prefix(self, n: int) -> np.ndarray:
         """The first n kept payload bytes of every record, both directions: uint8 [rows, 2, n], zeros where none."""
@@ -221,10 +223,13 @@ class FlowTable:
             yield from self._hand_out(n_out)
 
     def snapshot(self) -> FlowBatch:
-        """The live flows as they are now (copies; their payload slots stay owned by the table)."""
+        """The live flows as they are now (copies; their payload slots stay owned by the table).
+
+        The payload it reads is that of the live flows: valid until the table is next updated, expired or flushed.
+        Releasing it does nothing."""
         rows = self.t.records[self.t.used.astype(bool)].copy()
         rows["end_reason"] = int(EndReason.ACTIVE)
-        return FlowBatch(rows, self)
+        return FlowBatch(rows, self, releasable=False)
 
     def _hand_out(self, n_out: int) -> Iterator[FlowBatch]:
         batch = FlowBatch(self._out[:n_out].copy(), self)
@@ -234,7 +239,10 @@ class FlowTable:
             self.release(batch)
 
     def release(self, batch: FlowBatch) -> None:
-        """Return the payload slots of emitted records to the pool (idempotent per batch)."""
+        """Return the payload slots of emitted records to the pool (idempotent per batch; a snapshot is ignored:
+        its slots belong to live flows)."""
+        if not batch.releasable:
+            return
         slots = batch.records["slot"]
         if (slots >= 0).any():
             kernels.release_slots(self.t, slots.astype(np.int32))
