@@ -9,8 +9,14 @@ A folder holds captures and a labels.csv in one of two layouts:
   public: file,flow,server,expected_class,...       flow "TCP a:p -> b:p", "UDP a:* -> b:53 (...)",
                                                     "ICMP a <-> b (...)", or "*" (every other flow of the file)
 Classes: reverse_ssh_tunnel, ssh_tunnel_other, ssh_interactive, ssh_transfer, stratum, dns_tunnel, icmp_tunnel,
-benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the class of its worst
-finding, else from the SSH use the detector assigned, else benign.
+unexpected_destination, benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the
+class of its worst threat finding, else `unexpected_destination` when a policy finding covers it, else from the SSH
+use the detector assigned, else benign.
+
+Policy findings (`unexpected_destination`) are judged against the policy of the folder: its rules.toml when it has
+one (captures/rules.toml for the lab). A folder without one is analysed with the default rules, and its policy
+findings are ignored: the default policy says nothing about someone else's network, and a policy finding never
+counts as a prediction of a threat class (tunnel, mining) nor as a false alarm on their benign flows.
 """
 from __future__ import annotations
 
@@ -29,9 +35,11 @@ sys.path.insert(0, str(REPO))
 from egressguard.errors import EgressGuardError  # noqa: E402
 from egressguard.pipeline import Analyzer, FlowsReady  # noqa: E402
 from egressguard.report.records import flow_fields  # noqa: E402
+from egressguard.rules import load_rules  # noqa: E402
 
 FINDING_CLASS = {"reverse_ssh_tunnel": "reverse_ssh_tunnel", "ssh_tunnel": "ssh_tunnel_other", "mining": "stratum",
                  "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel"}
+POLICY_KINDS = {"unexpected_destination"}  # policy findings: scored only against a folder's own rules.toml
 SSH_USE_CLASS = {"interactive": "ssh_interactive", "file_transfer": "ssh_transfer"}
 SEVERITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 FLOW_SPEC = re.compile(r"^(?P<proto>TCP|UDP|ICMP)\s+(?P<a>\S+)\s+(?P<arrow>->|<->)\s+(?P<b>\S+)", re.I)
@@ -117,13 +125,21 @@ def read_labels(folder: Path) -> list[LabelRow]:
     return rows
 
 
-def analyse(path: Path, analyzer: Analyzer) -> list[FlowSeen]:
+def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[FlowSeen]:
     flows = []
+    policy: dict[tuple, str] = {}  # (src, dst, proto, port) -> detail, from policy findings (reported per capture)
     for event in analyzer.analyze(str(path)):
         if not isinstance(event, FlowsReady):
             continue
         worst: dict[int, tuple[int, str, str]] = {}
         for finding in event.result.findings:
+            if str(finding.kind) in POLICY_KINDS:
+                f = flow_fields(finding.flow)
+                egress = finding.details.get("egress", {})
+                for p in egress.get("ports") or [{"proto": f["proto"], "port": f["dst_port"]}]:
+                    policy[(f["src_ip"], f["dst_ip"], str(p["proto"]), p["port"])] = \
+                        f"{finding.kind} {finding.details.get('reason')} {finding.severity.label()}"
+                continue
             for row in range(len(event.batch.records)):
                 if event.batch.records[row]["key_hash"] == finding.flow["key_hash"] and \
                         event.batch.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
@@ -140,13 +156,19 @@ def analyse(path: Path, analyzer: Analyzer) -> list[FlowSeen]:
                 predicted, detail = SSH_USE_CLASS.get(use, "benign"), f"ssh_use={use}" if use else "no finding"
             flows.append(FlowSeen(str(f["proto"]), f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"],
                                   predicted, detail))
+    if score_policy:
+        for f in flows:
+            hit = policy.get((f.src, f.dst, f.proto, f.dport))
+            if hit and f.predicted not in FINDING_CLASS.values():
+                f.predicted, f.detail = "unexpected_destination", hit
     return flows
 
 
 def evaluate(folders: list[Path]) -> dict:
-    analyzer = Analyzer()
     units = []  # (folder, file, label text, expected, predicted, detail)
     for folder in folders:
+        rules_file = folder / "rules.toml"
+        analyzer = Analyzer(rules=load_rules(rules_file) if rules_file.exists() else None)
         rows = read_labels(folder)
         by_file: dict[str, list[LabelRow]] = defaultdict(list)
         for row in rows:
@@ -154,7 +176,7 @@ def evaluate(folders: list[Path]) -> dict:
         for file, file_rows in sorted(by_file.items()):
             path = folder / file
             try:
-                flows = analyse(path, analyzer)
+                flows = analyse(path, analyzer, score_policy=rules_file.exists())
             except EgressGuardError as exc:
                 print(f"evaluate: {exc}", file=sys.stderr)
                 continue

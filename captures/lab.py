@@ -510,5 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     return record(args.scenarios or sorted(SCENARIOS), args.out)
 
 
+import lab_mining  # noqa: E402,F401  (mining scenarios: registers them here, also when lab.py runs as the program)
+import lab_egress  # noqa: E402,F401  (egress-policy scenario, registered the same way)
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -46,10 +46,13 @@ def main() -> None:
               help="Seconds after which a long flow is reported and continues in a new record (0: never).")
 @click.option("--detect/--no-detect", default=True, show_default=True,
               help="Run the detectors; --no-detect only aggregates flows (faster, no findings).")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False), default=None,
+              help="Allowlist rules (TOML, see rules/README.md) [default: rules/default.toml].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int, payload_slots: int | None,
-            tcp_idle: float, other_idle: float, active_timeout: float, detect: bool, progress: bool | None) -> None:
+            tcp_idle: float, other_idle: float, active_timeout: float, detect: bool, rules_file: str | None,
+            progress: bool | None) -> None:
     """Analyse pcap/pcapng captures (plain, gzip, bzip2 or xz; '-' reads standard input)."""
     if with_flows and fmt != "jsonl":
         raise click.UsageError("--flows needs --format jsonl")
@@ -67,11 +70,12 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         settings.flows.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    rules = _load_rules(rules_file) if detect else None
     report = _make_report(fmt, with_flows)
     show_progress = sys.stderr.isatty() if progress is None else progress
     failures = 0
     try:
-        analyzer = Analyzer(settings, detectors=None if detect else [])
+        analyzer = Analyzer(settings, detectors=None if detect else [], rules=rules)
         with _Progress(show_progress) as bar:
             for spec in captures:
                 try:
@@ -95,6 +99,34 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         sys.exit(int(ExitStatus.CAPTURE))
     if report.findings_total:
         sys.exit(int(ExitStatus.FINDINGS))
+
+
+@main.group()
+def rules() -> None:
+    """Allowlist rules files (TOML; every key is described in rules/README.md)."""
+
+
+@rules.command("check", epilog=EXIT_CODES_HELP)
+@click.argument("rules_file", metavar="FILE", type=click.Path(dir_okay=False))
+def rules_check(rules_file: str) -> None:
+    """Validate a rules file and print what it allows and denies (exit 4 with the file, line, key, value and fix
+    when it is invalid)."""
+    allowlist = _load_rules(rules_file)
+    from rich.console import Console
+
+    from egressguard.report.rules_table import render_rules
+
+    Console(highlight=False, width=None if sys.stdout.isatty() else 140).print(render_rules(allowlist))
+
+
+def _load_rules(path: str | None):
+    """The Allowlist of a rules file (the default file when None); an invalid file ends the run with exit 4."""
+    from egressguard.rules import load_rules
+
+    try:
+        return load_rules(path)
+    except EgressGuardError as exc:
+        _fail(str(exc), exc.exit_status)
 
 
 def _make_report(fmt: str, with_flows: bool):

@@ -33,6 +33,17 @@ class CaptureError(EgressGuardError):
 
 
 class RulesError(EgressGuardError):
-    """A rules file is invalid."""
+    """A rules file is invalid: one message naming the file, the line, the key, the bad value and the fix.
+
+    `str()` reads `FILE:LINE: KEY = VALUE: PROBLEM. Fix: FIX` (parts that do not apply are left out).
+    """
 
     exit_status = ExitStatus.RULES
+
+    def __init__(self, path: str, problem: str, *, line: int | None = None, key: str | None = None,
+                 value: str | None = None, fix: str | None = None):
+        self.path, self.line, self.key, self.value, self.problem, self.fix = path, line, key, value, problem, fix
+        where = f"{path}:{line}" if line else path
+        what = f"{key} = {value}" if key and value is not None else (key or value or "")
+        text = f"{where}: {what}: {problem}" if what else f"{where}: {problem}"
+        super().__init__(f"{text}. Fix: {fix}" if fix else text)

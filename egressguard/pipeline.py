@@ -1,7 +1,8 @@
 """The forensic pipeline: capture -> decode -> flows (-> detect, in later stages), as a library API.
 
-`analyze_captures` yields events in order: FlowsReady for every batch of finished flows, then CaptureDone with
-the capture's summary. The CLI and the dashboard only render these events.
+`analyze_captures` yields events in order: FlowsReady for every batch of finished flows, then (when a detector's
+`finish` hook reports findings held back to the end, e.g. unexpected destinations) one FlowsReady with an empty batch,
+then CaptureDone with the capture's summary. The CLI and the dashboard only render these events.
 """
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from egressguard.capture import CaptureFile, prefetched
 from egressguard.capture.files import DEFAULT_CHUNK_BYTES
 from egressguard.decode import Decoder
-from egressguard.detect import BatchResult, Detector, default_detectors, run_detectors
+from egressguard.detect import BatchResult, Detector, default_detectors, finish_detectors, run_detectors
 from egressguard.errors import CaptureError
 from egressguard.flows import FlowBatch, FlowSettings, FlowTable
-from egressguard.schema import CaptureSummary, EndReason
+from egressguard.schema import FLOW_DTYPE, CaptureSummary, EndReason
 
 ProgressCallback = Callable[[str, int, int | None], None]  # (capture, bytes done, total bytes or None)
 
@@ -52,12 +55,19 @@ Event = FlowsReady | CaptureDone
 
 
 class Analyzer:
-    """Analyses capture files one after another; each capture gets fresh flow state, the memory is reused."""
+    """Analyses capture files one after another; each capture gets fresh flow state, the memory is reused.
 
-    def __init__(self, settings: Settings = Settings(), detectors: list[Detector] | None = None):
+    Args:
+        settings: tuning of the run.
+        detectors: the detectors to run (default: every registered one).
+        rules: the allowlist rules for the default detectors: an Allowlist, or an ActiveRules to swap rules while
+            running (`ActiveRules.reload`); None reads rules/default.toml.
+    """
+
+    def __init__(self, settings: Settings = Settings(), detectors: list[Detector] | None = None, rules=None):
         self.settings = settings
         self.table = FlowTable(settings.flows)
-        self.detectors = default_detectors() if detectors is None else detectors
+        self.detectors = default_detectors(rules) if detectors is None else detectors
 
     def analyze(self, spec: str, progress: ProgressCallback | None = None) -> Iterator[Event]:
         """Events for one capture (a path, or '-' for standard input).
@@ -73,13 +83,19 @@ class Analyzer:
             if isinstance(event, FlowsReady) and self.detectors:
                 event = FlowsReady(event.capture, event.batch, run_detectors(self.detectors, event.batch,
                                                                              event.capture))
+            elif isinstance(event, CaptureDone) and self.detectors:
+                # detectors that hold flows back or aggregate them report now, before the capture's summary
+                result = finish_detectors(self.detectors, event.summary.capture)
+                if result.findings:
+                    yield FlowsReady(event.summary.capture, FlowBatch(np.zeros(0, FLOW_DTYPE), self.table,
+                                                                      releasable=False), result)
             yield event
 
 
 def analyze_captures(specs: Iterable[str], settings: Settings = Settings(),
-                     progress: ProgressCallback | None = None) -> Iterator[Event]:
+                     progress: ProgressCallback | None = None, rules=None) -> Iterator[Event]:
     """Events for several captures in order; a CaptureError stops at the failing capture."""
-    analyzer = Analyzer(settings)
+    analyzer = Analyzer(settings, rules=rules)
     for spec in specs:
         yield from analyzer.analyze(spec, progress)
 

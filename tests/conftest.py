@@ -14,6 +14,7 @@ PUBLIC_CAPTURES = REPO.parent / "shared" / "captures" / "public"
 _sources = sorted((REPO / "egressguard").rglob("*.py"))
 _digest = hashlib.sha256(b"".join(p.read_bytes() for p in _sources)).hexdigest()[:16]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba" / _digest))
+os.environ.setdefault("EGRESSGUARD_CACHE_DIR", str(REPO / ".pytest_cache" / "egressguard"))  # compiled big rules
 
 
 def public_capture(relative: str) -> Path:

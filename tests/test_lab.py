@@ -30,6 +30,7 @@ def recorded(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("lab")
     assert lab.record(sorted(lab.SCENARIOS), out) == 0
+    shutil.copy(LAB_CAPTURES / "rules.toml", out)  # the policy the lab's unexpected_destination labels assume
     return out
 
 
@@ -45,7 +46,8 @@ def test_lab_recordings_are_classified_as_labelled(recorded):
     import evaluate
 
     result = evaluate.evaluate([recorded])
-    for cls in ("reverse_ssh_tunnel", "ssh_tunnel_other", "ssh_interactive", "ssh_transfer", "benign"):
+    for cls in ("reverse_ssh_tunnel", "ssh_tunnel_other", "ssh_interactive", "ssh_transfer", "benign",
+                "unexpected_destination"):
         row = result["classes"][cls]
         assert row["recall"] == 1.0, (cls, result["errors"])
     for cls in ("reverse_ssh_tunnel", "ssh_tunnel_other"):

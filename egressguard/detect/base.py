@@ -25,7 +25,14 @@ class BatchResult:
 
 
 class Detector(Protocol):
-    """A detector: `name` and `inspect(batch, capture) -> BatchResult`; it never mutates the batch."""
+    """A detector: `name` and `inspect(batch, capture) -> BatchResult`; it never mutates the batch.
+
+    Optional hook `finish(capture) -> BatchResult`: called once after the last batch of a capture (by
+    pipeline.Analyzer; live mode may call it at the end of each reporting interval). A detector that holds flows back
+    (e.g. until the DNS answers that may explain them have arrived, as flows end out of order) or aggregates them
+    reports them here. Its findings are not tied to a batch row: they carry their own flow record, and arrive in a
+    FlowsReady event with an empty batch just before CaptureDone. Annotations returned by `finish` are ignored.
+    """
 
     name: str
 

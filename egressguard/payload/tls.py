@@ -1,13 +1,16 @@
 """TLS ClientHello from a flow's kept bytes: server name (SNI), ALPN, offered versions.
 
 Hand-parsed (RFC 8446 4.1.2, RFC 6066 3, RFC 7301) so that a hello cut short by the kept-bytes budget still yields
-every extension that arrived whole. Strings from the wire are returned as received (bounded, decoded with
+every extension that arrived whole. `find_sni` walks the same layout for many flows at once in numpy, for detectors
+that need the server name of every TLS flow of a batch. Strings from the wire are returned as received (bounded, decoded with
 `backslashreplace`); escaping for display is the renderer's job.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+import numpy as np
 
 MAX_NAME = 255  # a DNS name is at most 255 octets (RFC 1035 2.3.4)
 EXT_SERVER_NAME = 0
@@ -104,3 +107,65 @@ def _alpn(data: bytes) -> tuple[str, ...]:
         out.append(data[pos + 1:pos + 1 + n].decode("ascii", "backslashreplace"))
         pos += 1 + n
     return tuple(out[:16])
+
+
+MAX_EXTENSIONS = 48  # walked per hello before handing the rest to the Python parser
+
+
+def _be16(data: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    width = data.shape[1]
+    return (data[rows, np.minimum(pos, width - 1)].astype(np.int64) << 8) | data[rows, np.minimum(pos + 1, width - 1)]
+
+
+def find_sni(data: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the server name sits in many clients' first bytes at once (numpy, no per-flow Python).
+
+    Args:
+        data: uint8 [n, width], each row a client's kept bytes (zero past `fill`).
+        fill: bytes kept per row.
+
+    Returns:
+        (offset, length, status): int64 [n] each; offset -1 when no server name was found; status 0 not a
+        ClientHello, 1 walked (with or without a name), 2 unusual layout (hello over several records, very many
+        extensions): parse that row with `parse_client_hello`.
+    """
+    n, width = data.shape
+    fill = np.minimum(fill.astype(np.int64), width)
+    offset = np.full(n, -1, np.int64)
+    length = np.zeros(n, np.int64)
+    status = np.zeros(n, np.int64)
+    rows = np.flatnonzero((fill >= 44) & (data[:, 0] == 22) & (data[:, 1] == 3) & (data[:, 2] <= 4)
+                          & (data[:, 5] == 1))
+    if not len(rows):
+        return offset, length, status
+    record_end = 5 + _be16(data, rows, np.full(len(rows), 3))
+    hs_len = (data[rows, 6].astype(np.int64) << 16) | (data[rows, 7].astype(np.int64) << 8) | data[rows, 8]
+    status[rows] = np.where(hs_len + 4 > record_end - 5, 2, 1)
+    pos = 44 + data[rows, 43].astype(np.int64)  # past record and handshake headers, version, random, session id
+    pos = pos + 2 + _be16(data, rows, pos)  # cipher suites
+    pos = pos + 1 + data[rows, np.minimum(pos, width - 1)].astype(np.int64)  # compression methods
+    end = np.minimum(np.minimum(pos + 2 + _be16(data, rows, pos), record_end), fill[rows])
+    pos = pos + 2
+    active = status[rows] == 1
+    for _ in range(MAX_EXTENSIONS):
+        active &= pos + 4 <= end
+        if not active.any():
+            break
+        r, p = rows[active], pos[active]
+        ext_type, ext_len = _be16(data, r, p), _be16(data, r, p + 2)
+        name_len = _be16(data, r, p + 7)
+        found = (ext_type == 0) & (data[r, np.minimum(p + 6, width - 1)] == 0) & (p + 9 + name_len <= end[active]) \
+            & (name_len > 0)
+        offset[r[found]] = p[found] + 9
+        length[r[found]] = name_len[found]
+        idx = np.flatnonzero(active)
+        active[idx[found]] = False
+        pos[idx] = p + 4 + ext_len
+    else:
+        status[rows[active & (pos + 4 <= end)]] = 2
+    return offset, length, status
+
+
+def sni_text(raw: bytes) -> str:
+    """A server name from the wire as `parse_client_hello` returns it (lower case, no trailing dot, bounded)."""
+    return raw[:MAX_NAME].decode("ascii", "backslashreplace").rstrip(".").lower()

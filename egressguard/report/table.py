@@ -75,15 +75,49 @@ def _finding_details(f: dict[str, Any]) -> list[str]:
         lines.append(f"cipher {safe_markup(ssh.get('cipher'))}, mac {safe_markup(ssh.get('mac'))}, "
                      f"login {safe_markup(ssh.get('auth') or 'unknown')}, "
                      f"hassh {safe_markup(ssh.get('hassh'))}, hassh_server {safe_markup(ssh.get('hassh_server'))}")
+    mining = f.get("mining")
+    if mining:
+        pool = mining.get("pool")
+        head = f"mining: {safe_markup(mining.get('protocol'))}"
+        if pool:
+            head += f", pool {safe_markup(pool)} (from {safe_markup(mining.get('pool_source'))})"
+        if mining.get("methods"):
+            head += f", methods {safe_markup(', '.join(mining['methods']), 300)}"
+        lines.append(head)
+        who = [f"{label} {safe_markup(mining[key])}" for key, label in
+               (("login", "login"), ("worker", "worker"), ("agent", "agent"), ("coin", "coin"),
+                ("algorithm", "algorithm")) if mining.get(key)]
+        if who:
+            lines.append(", ".join(who))
+    egress = f.get("egress")
+    if egress:
+        parts = [f"reason {safe_markup(egress.get('reason'))}"]
+        for key, label in (("deny_rule", "rule"), ("server_name", "server name"), ("address_class", "class"),
+                           ("sandbox", "sandbox")):
+            if egress.get(key):
+                parts.append(f"{label} {safe_markup(egress[key])}")
+        lines.append(", ".join(parts))
     return lines
 
 
-def render_findings(findings: list[dict[str, Any]]) -> Table:
-    """Findings, worst first, each with its flow, evidence sentences and details."""
+MAX_FINDINGS_SHOWN = 50  # a terminal shows the worst ones in full; --format jsonl has them all
+
+
+def render_findings(findings: list[dict[str, Any]], limit: int = MAX_FINDINGS_SHOWN) -> Table:
+    """Findings, worst first, each with its flow, evidence sentences and details; beyond `limit`, a count by kind."""
     t = Table(title=f"Findings ({len(findings)})", title_justify="left", show_lines=True, expand=False)
     t.add_column("severity", no_wrap=True)
     t.add_column("finding", overflow="fold")
     ordered = sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9), -f["score"], f["first_seen"]))
+    if len(ordered) > limit:
+        rest: dict[tuple[str, str], int] = {}
+        for f in ordered[limit:]:
+            rest[(f["severity"], f["kind"])] = rest.get((f["severity"], f["kind"]), 0) + 1
+        t.caption = (f"{len(ordered) - limit} more not shown (`--format jsonl` lists every finding): " + ", ".join(
+            f"{n} {safe_markup(kind)} ({sev})" for (sev, kind), n in sorted(
+                rest.items(), key=lambda kv: (SEVERITY_ORDER.get(kv[0][0], 9), -kv[1]))))
+        t.caption_justify = "left"
+        ordered = ordered[:limit]
     for f in ordered:
         sev = f["severity"]
         head = (f"[bold]{safe_markup(f['kind'])}[/bold] (score {f['score']:.2f})  {safe_markup(f['proto'])} "

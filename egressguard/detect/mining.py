@@ -1,0 +1,994 @@
+"""Mining-pool traffic: Stratum v1, CryptoNote/xmrig, Ethereum stratum, getwork over HTTP, Stratum V2, and mining
+hidden in TLS or on odd ports (detection-science 2; signals M1-M7 of its table 2.9).
+
+Each batch is narrowed with array operations on the flow records and the first kept bytes; plain Python runs only
+on the few flows that remain:
+
+* M1  the kept bytes hold a mining JSON-RPC conversation (payload/stratum.py parses it for real), on any port,
+      either direction, also inside HTTP bodies (getwork) and WebSocket frames;
+* M2  the Stratum V2 Noise handshake by its sizes: 64 B from the originator (no TLS header), 234 B back;
+* M3  a pool domain from rules/pools.toml in the TLS server name, the HTTP Host, or among the names the sandbox's own
+      DNS answers bound to the destination address (DnsBinding);
+* M4/M5 behaviour: a CESNET-style flow score and quasi-periodic pool pushes with small client messages, for
+      long-lived flows whose content cannot be read;
+* M6  a well-known pool port (supporting only);
+* M7  pair memory: once a (sandbox, destination) pair is proven to be mining, later flows between them (TLS
+      reconnects, rest of a connection) inherit the verdict, with a note saying so (nDPI's "host twins" cache).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from egressguard.detect.base import BatchResult
+from egressguard.detect.dns_binding import DNS_PORTS, DnsBinding
+from egressguard.errors import RulesError
+from egressguard.flows import FlowBatch
+from egressguard.payload.dns import parse_tcp_stream, parse_udp_payloads
+from egressguard.payload.stratum import (Family, StratumSession, Sv2Handshake, http_messages, json_messages,
+                                         parse_json_session, parse_session, sv2_handshake)
+from egressguard.payload.tls import find_sni, parse_client_hello
+from egressguard.payload.websocket import websocket_streams
+from egressguard.report.records import format_address
+from egressguard.schema import FLOW_DTYPE, Finding, FindingKind, FlowFlag, Severity
+
+ORIG, RESP = 0, 1
+# rules/pools.toml, linked into the package (egressguard/pools.toml) so that an installed egressguard has it too
+DEFAULT_POOLS = Path(__file__).resolve().parents[1] / "pools.toml"
+# the packaged file first; a rules/ folder in the working directory is the fallback
+_POOL_FILES = (DEFAULT_POOLS, Path("rules") / "pools.toml")
+_IPV4_MAPPED = 0xFFFF << 32
+_PREFIX = 16  # first kept bytes looked at by the array prefilters
+SNI_WIDTH = 2048  # a ClientHello with a post-quantum key share is ~1.8 KB; the flow table keeps 2 KiB by default
+DNS_WIDTH = 12 + 2 + 256  # DNS header, TCP length prefix, the longest question name
+CHUNK = 2048  # rows per numpy pass over kept bytes (keeps the temporary arrays at a few MB)
+_HTTP_REQUEST = (b"POST", b"GET ", b"PUT ", b"HEAD")
+_HTTP_ALPN = ("h2", "http/1.1", "http/1.0", "h3")
+_FAMILY_TEXT = {
+    Family.STRATUM_V1: "Stratum v1", Family.ETHEREUM_STRATUM: "EthereumStratum", Family.ETHEREUM_PROXY:
+    "Ethereum stratum proxy (eth_submitLogin / eth_getWork)", Family.CRYPTONOTE: "CryptoNote / xmrig stratum",
+    Family.GETWORK_HTTP: "getwork over HTTP", Family.STRATUM_V2: "Stratum V2",
+}
+
+
+# ------------------------------------------------------------------------------------------------ pool list
+@dataclass(frozen=True)
+class PoolDomain:
+    suffix: str
+    sources: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PoolPort:
+    port: int
+    sources: tuple[str, ...]
+    shared: bool = False
+    note: str = ""
+
+
+@dataclass
+class PoolList:
+    """Pool domain suffixes and pool ports with their sources (rules/pools.toml)."""
+
+    domains: dict[str, PoolDomain] = field(default_factory=dict)
+    ports: dict[int, PoolPort] = field(default_factory=dict)
+    sources: dict[str, dict] = field(default_factory=dict)  # key -> {"name": ..., "reference": ...}
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        # suffixes as byte rows grouped by length, for the array matchers (dotted, and as DNS labels on the wire)
+        self.text_codes = _codes([s.encode() for s in self.domains])
+        self.wire_codes = _codes([b"".join(bytes([len(x)]) + x.encode() for x in s.split(".")) for s in self.domains])
+
+    def match(self, name: str | None) -> PoolDomain | None:
+        """The listed suffix that `name` is or lies under (label boundary), or None."""
+        if not name:
+            return None
+        labels = name.lower().rstrip(".").split(".")
+        for i in range(len(labels) - 1):
+            hit = self.domains.get(".".join(labels[i:]))
+            if hit is not None:
+                return hit
+        return None
+
+    def port(self, port: int) -> PoolPort | None:
+        hit = self.ports.get(int(port))
+        return hit if hit is not None and not hit.shared else None
+
+    def cite(self, sources: tuple[str, ...]) -> str:
+        """The short names of the sources, for evidence sentences."""
+        return ", ".join(self.sources.get(s, {}).get("name", s) for s in sources)
+
+
+def _codes(items: list[bytes]) -> dict[int, np.ndarray]:
+    """Byte strings grouped by length as uint8 [k, length] arrays, letters folded to lower case (| 0x20)."""
+    groups: dict[int, list[bytes]] = {}
+    for item in items:
+        groups.setdefault(len(item), []).append(item)
+    return {n: np.frombuffer(b"".join(v), np.uint8).reshape(len(v), n) | 0x20 for n, v in groups.items()}
+
+
+def tail_matches(data: np.ndarray, start: np.ndarray, end: np.ndarray, codes: dict[int, np.ndarray],
+                 dotted: bool = True) -> np.ndarray:
+    """Rows whose bytes data[row, start:end] end with one of `codes` (case-folded); with `dotted`, only at a label
+    boundary (the whole name, or a '.' before the suffix). A prefilter: a hit is confirmed by a real parse."""
+    hit = np.zeros(len(data), bool)
+    width = data.shape[1]
+    length = end - start
+    for n, table in codes.items():
+        rows = np.flatnonzero((start >= 0) & (length >= n) & (end <= width))
+        if not len(rows):
+            continue
+        first = end[rows] - n
+        tails = data[rows[:, None], first[:, None] + np.arange(n)] | 0x20
+        same = (tails[:, None, :] == table[None, :, :]).all(axis=2).any(axis=1)
+        if dotted:
+            same &= (length[rows] == n) | (data[rows, np.maximum(first - 1, 0)] == ord("."))
+        hit[rows[same]] = True
+    return hit
+
+
+def question_end(data: np.ndarray, start: int) -> np.ndarray:
+    """End (exclusive, before the root label) of the DNS question name that starts at column `start` of each row,
+    -1 where the labels do not end inside the row (or a compression pointer appears)."""
+    n, width = data.shape
+    pos = np.full(n, start, np.int64)
+    end = np.full(n, -1, np.int64)
+    active = np.ones(n, bool)
+    for _ in range(64):
+        rows = np.flatnonzero(active & (pos < width))
+        if not len(rows):
+            break
+        size = data[rows, pos[rows]].astype(np.int64)
+        done = size == 0
+        end[rows[done]] = pos[rows[done]]
+        bad = size >= 64
+        active[rows[done | bad]] = False
+        pos[rows[~done & ~bad]] += size[~done & ~bad] + 1
+        active[pos >= width] = False
+    return end
+
+
+_SUFFIX_RE = re.compile(r"^(?=.{3,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+def load_pools(path: Path | str = DEFAULT_POOLS) -> PoolList:
+    """Read and validate a pools file; raises RulesError naming the file, the line, the entry and the fix."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except OSError as exc:
+        raise RulesError(str(path), f"cannot read the mining pool list ({exc.strerror or exc})",
+                         fix="restore rules/pools.toml from the repository") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RulesError(str(path), f"not valid TOML ({exc})", fix="see the format in the file's header") from exc
+
+    def fail(problem: str, key: str, value, fix: str) -> RulesError:
+        shown = repr(value)
+        needle = str(value) if not isinstance(value, (list, dict)) else ""
+        line = next((i for i, ln in enumerate(text.splitlines(), 1) if needle and needle in ln), None)
+        return RulesError(str(path), problem, line=line, key=key, value=shown, fix=fix)
+
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict) or not sources:
+        raise fail("[sources] is missing", "sources", "", "add [sources.KEY] tables with name and reference")
+    for key, value in sources.items():
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value.get(k)
+                                                  for k in ("name", "reference")):
+            raise fail(f"source {key} needs a name and a reference", "sources." + key, key,
+                       f'[sources.{key}] name = "...", reference = "..."')
+
+    def cited(entry: dict, what: str) -> tuple[str, ...]:
+        src = entry.get("source")
+        src = [src] if isinstance(src, str) else src
+        if not src or not isinstance(src, list) or any(s not in sources for s in src):
+            raise fail(f"{what} must cite sources listed in [sources]", "source", entry.get("source"),
+                       f"use keys of [sources]: {', '.join(sorted(sources))}")
+        return tuple(src)
+
+    domains: dict[str, PoolDomain] = {}
+    for entry in data.get("domain", []):
+        suffix = entry.get("suffix") if isinstance(entry, dict) else None
+        if not isinstance(suffix, str) or not _SUFFIX_RE.match(suffix):
+            raise fail("not a DNS suffix", "suffix", suffix, "a lower-case DNS name with at least one dot")
+        domains[suffix] = PoolDomain(suffix, cited(entry, f"domain {suffix}"), str(entry.get("note", "")))
+    ports: dict[int, PoolPort] = {}
+    for entry in data.get("port", []):
+        port = entry.get("port") if isinstance(entry, dict) else None
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise fail("not a port number", "port", port, "an integer 1..65535")
+        shared = entry.get("shared", False)
+        if not isinstance(shared, bool):
+            raise fail(f"port {port}: shared must be a boolean", "shared", shared, "true or false")
+        ports[port] = PoolPort(port, cited(entry, f"port {port}"), shared, str(entry.get("note", "")))
+    return PoolList(domains, ports, dict(sources), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class Params:
+    """Weights and thresholds, each with where it comes from (detection-science 2.7, 2.9, 7)."""
+
+    w_methods: float = 0.97  # M1: a single DPI hit is decisive (7.2)
+    w_methods_both: float = 0.99  # the pool answered the miner: a working session
+    w_pool_name: float = 0.9  # M3
+    w_web_visit: float = 0.3  # M3 on a web visit (HTTP, or TLS with an HTTP ALPN): a pool's website, not mining
+    w_sv2: float = 0.6  # M2
+    w_sv2_bitcoin_port: float = 0.3  # M2 on 8333: BIP324 Bitcoin P2P v2 also opens with a 64-byte key
+    w_push: float = 0.4  # M5
+    w_cesnet_step: float = 0.15  # M4: 0.15 * (score - 6) ...
+    w_cesnet_max: float = 0.4  # ... capped: a weak S-signal never exceeds 0.4 on its own (7.6)
+    w_port: float = 0.15  # M6, supporting only
+    inherit_factor: float = 0.9  # M7: an inherited verdict is a little less certain than the proof
+    cesnet_threshold: int = 7  # CESNET miner_detector: 7 of 13 points
+    behaviour_min_duration_s: float = 300.0  # CESNET: +3 if active longer than 300 s
+    push_min_bursts: int = 10  # M5: >= 10 pool-led bursts
+    push_iat_s: tuple[float, float] = (15.0, 120.0)  # M5: median gap between pushes (NOMP 15-55 s, xmrig 60 s)
+    push_max_cv: float = 0.5  # M5
+    client_max_mean: float = 400.0  # M5: client messages < 400 B (xmrig submit ~200-260 B)
+    # egressguard's own addition to M5 (not in the research): below this mean the client sends nothing but keepalives
+    # (MQTT PINGREQ is 2 B, a WebSocket ping 6 B, ~30 B inside TLS), the push-service false positive M5 names
+    client_min_mean: float = 60.0
+    burst_gap_s: float = 1.0  # detection-science 6: a burst ends after >= 1 s of silence
+    pair_memory: int = 65536  # proven (sandbox, pool) pairs kept (nDPI lru.mining.size is 1024)
+    pair_ttl_s: float = 86400.0  # CESNET's black/white lists expire after 24 h
+    dns_watch: int = 65536  # addresses that DNS answers gave for pool names, kept for the array prefilter
+    hold_flows: int = 16384  # unexplained flows kept (~6 MB) until the DNS answers that may name them are read
+
+
+# ------------------------------------------------------------------------------------------------ signals
+@dataclass
+class _Signals:
+    """Everything found about one flow; `parts` are (code, weight, evidence sentence)."""
+
+    parts: list = field(default_factory=list)
+    session: StratumSession | None = None
+    sv2: Sv2Handshake | None = None
+    pool: str | None = None
+    pool_source: str | None = None
+    web_visit: bool = False
+    proof: bool = False  # strong enough to remember the pair (M1, M2 off 8333, M3 off the web)
+    severity: Severity = Severity.LOW
+    carrier: str | None = None
+    behaviour: dict | None = None
+    inherited: dict | None = None
+
+    def add(self, code: str, weight: float, text: str, severity: Severity, proof: bool = False) -> None:
+        self.parts.append((code, weight, text))
+        self.severity = max(self.severity, severity)
+        self.proof |= proof
+
+    @property
+    def score(self) -> float:
+        miss = 1.0
+        for _, w, _ in self.parts:
+            miss *= 1.0 - min(max(w, 0.0), 1.0)
+        return round(1.0 - miss, 3)
+
+
+@dataclass
+class _Proven:
+    """A (sandbox, pool) pair proven to be mining (M7)."""
+
+    first: float
+    last: float
+    severity: Severity
+    score: float
+    protocol: str | None
+    pool: str | None
+    port: int
+    capture: str
+
+
+def _address(hi: int, lo: int, version: int) -> str:
+    return format_address(hi, lo, version)
+
+
+def _address_key(text: str) -> tuple[int, int] | None:
+    """(hi, lo) as the flow table stores an address (IPv4 mapped into IPv6)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return 0, _IPV4_MAPPED | int(ip)
+    value = int(ip)
+    return value >> 64, value & ((1 << 64) - 1)
+
+
+def _member(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """values in sorted_unique (a binary search each; cheaper than np.isin for a large set and a batch)."""
+    if not len(sorted_unique):
+        return np.zeros(len(values), bool)
+    idx = np.minimum(np.searchsorted(sorted_unique, values), len(sorted_unique) - 1)
+    return sorted_unique[idx] == values
+
+
+def _pair_hash(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of an ordered address pair (multiply-xorshift; collisions only cost an exact check)."""
+    k = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        h = np.asarray(a_hi, np.uint64) * k
+        for part in (a_lo, b_hi, b_lo):
+            h = (h ^ np.asarray(part, np.uint64)) * k
+        return h ^ (h >> np.uint64(31))
+
+
+def _first_bytes(prefix: np.ndarray) -> np.ndarray:
+    """The first byte after leading whitespace of each kept stream: uint8 [rows, 2] (0 when none)."""
+    ws = (prefix == 32) | (prefix == 10) | (prefix == 13) | (prefix == 9)
+    idx = np.argmax(~ws, axis=2)
+    return np.take_along_axis(prefix, idx[:, :, None], axis=2)[:, :, 0]
+
+
+def _starts(prefix: np.ndarray, d: int, text: bytes) -> np.ndarray:
+    return (prefix[:, d, :len(text)] == np.frombuffer(text, np.uint8)).all(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ behaviour
+def cesnet_score(rec: np.void) -> tuple[int, list[str]]:
+    """CESNET NEMEA miner_detector's flow score (detection-science 2.7), adapted from its per-(src,dst,port)
+    aggregate to one flow record; threshold 7 of 13. Returns the score and the parts that counted."""
+    pkts = int(rec["orig_pkts"]) + int(rec["resp_pkts"])
+    if pkts == 0:
+        return 0, []
+    duration = max((int(rec["last_seen_ns"]) - int(rec["first_seen_ns"])) / 1e9, 1e-9)
+    acks = int(rec["orig_bare_acks"]) + int(rec["resp_bare_acks"])
+    data = int(rec["orig_payload_pkts"]) + int(rec["resp_payload_pkts"])
+    per_packet = (int(rec["orig_bytes"]) + int(rec["resp_bytes"])) / pkts
+    per_minute = pkts / (duration / 60.0)
+    parts = []
+    score = 0
+    if acks + data >= 0.8 * pkts:
+        score += 2
+        parts.append(f"{100 * (acks + data) / pkts:.0f}% ACK/ACK+PSH packets (+2)")
+    if 50 <= per_packet <= 130:
+        score += 2
+        parts.append(f"{per_packet:.0f} B per packet (+2)")
+    if not 10 <= pkts <= 20:
+        score += 1
+        parts.append(f"{pkts} packets (+1)")
+    if 8 <= per_minute <= 30:
+        score += 2
+        parts.append(f"{per_minute:.1f} packets/min (+2)")
+    if int(rec["orig_port"]) > int(rec["resp_port"]):
+        score += 3
+        parts.append("client port above server port (+3)")
+    if duration > 300:
+        score += 3
+        parts.append(f"active {duration:.0f} s (+3)")
+    return score, parts
+
+
+def push_rhythm(sizes: np.ndarray, dt_us: np.ndarray, pool_dir: int, gap_s: float = 1.0) -> tuple[int, float, float]:
+    """Bursts led by the pool side in the early payload sequence: (count, median gap s, coefficient of variation)."""
+    starts: list[float] = []
+    last = None
+    for size, t_us in zip(sizes.tolist(), dt_us.tolist()):
+        t = t_us / 1e6
+        if last is None or t - last >= gap_s:
+            if (size < 0) == (pool_dir == RESP):
+                starts.append(t)
+        last = t
+    if len(starts) < 2:
+        return len(starts), 0.0, float("inf")
+    gaps = np.diff(np.asarray(starts))
+    mean = float(gaps.mean())
+    cv = float(gaps.std(ddof=1) / mean) if len(gaps) > 1 and mean > 0 else float("inf")
+    return len(starts), float(np.median(gaps)), cv
+
+
+# ------------------------------------------------------------------------------------------------ detector
+class MiningDetector:
+    """Reports mining-pool traffic (`mining`) with the protocol, pool name, login, agent and coin it could see.
+
+    Args:
+        binding: the DnsBinding fed by the DnsObserver (names the sandbox's DNS answers bound to addresses); None
+            disables the DNS part of M3.
+        pools: the pool list; by default rules/pools.toml of this checkout, else of the working directory (none
+            found: M3 and M6 are off).
+    """
+
+    name = "mining"
+    uses_dns_binding = True  # default_detectors() hands it the shared DnsBinding
+
+    def __init__(self, binding: DnsBinding | None = None, pools: PoolList | None = None, params: Params = Params()):
+        self.binding = binding
+        if pools is None:
+            found = next((path for path in _POOL_FILES if path.exists()), None)
+            pools = load_pools(found) if found is not None else PoolList()  # no file: M3 and M6 are off
+        self.pools = pools
+        self.params = params
+        self._proven: OrderedDict[tuple[int, int, int, int], _Proven] = OrderedDict()
+        self._proven_pools = np.zeros(0, np.uint64)  # low 64 bits of the proven pools' addresses (array prefilter)
+        self._proven_pairs = np.zeros(0, np.uint64)  # 64-bit hashes of the proven (sandbox, pool) pairs
+        self._proven_new: list[tuple[int, int, int, int]] = []  # proven since the arrays were last brought up to date
+        self._watch: OrderedDict[tuple[int, int], str] = OrderedDict()  # pool-bound address -> a name, for prefilter
+        self._hold_ring: np.ndarray | None = None  # records of unexplained flows (allocated at the first batch)
+        self._hold_tls = np.zeros(0, bool)
+        self._hold_pos = 0
+        self._hold_capture: str | None = None
+        self._watch_lo = np.zeros(0, np.uint64)
+        self._watch_dirty = False
+
+    # ---- batch
+    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+        result = BatchResult()
+        recs = batch.records
+        if not len(recs):
+            return result
+        new_pools = None
+        if self.binding is not None and self.pools.domains:
+            if self._hold_ring is None:
+                self._hold_ring = np.zeros(self.params.hold_flows, FLOW_DTYPE)
+                self._hold_tls = np.zeros(self.params.hold_flows, bool)
+            new_pools = self._watch_dns(batch)
+        tcp = (recs["proto"] == 6) & (recs["slot"] >= 0)
+        prefix = batch.payload_prefix(_PREFIX)
+        first = _first_bytes(prefix)
+        upper = prefix[:, :, :4] & 0xDF
+        ssh = ((upper[:, :, 0] == ord("S")) & (upper[:, :, 1] == ord("S")) & (upper[:, :, 2] == ord("H"))
+               & (prefix[:, :, 3] == ord("-"))).any(axis=1)
+        http_req = np.zeros(len(recs), bool)
+        for method in _HTTP_REQUEST:
+            http_req |= _starts(prefix, ORIG, method)
+        http = http_req | _starts(prefix, RESP, b"HTTP/1.")
+        tls = (prefix[:, ORIG, 0] == 0x16) & (prefix[:, ORIG, 1] == 0x03)
+        json_like = ((first == ord("{")) | (first == ord("["))).any(axis=1)
+        mqtt = (prefix[:, ORIG, 0] == 0x10) & ((prefix[:, ORIG, 4:6] == np.frombuffer(b"MQ", np.uint8)).all(axis=1)
+                                               | (prefix[:, ORIG, 5:7] == np.frombuffer(b"MQ", np.uint8)).all(axis=1))
+        signals: dict[int, _Signals] = {}
+
+        # M1: mining JSON-RPC (newline-delimited, in HTTP bodies, inside WebSocket frames)
+        readable = np.zeros(len(recs), bool)  # JSON that parsed, mining or not: its content was judged
+        for row in np.flatnonzero(tcp & json_like & ~http & ~ssh).tolist():
+            readable[row] = self._json(batch, row, signals)
+        post = _starts(prefix, ORIG, b"POST ")
+        upgrade = _starts(prefix, ORIG, b"GET ") & _starts(prefix, RESP, b"HTTP/1.1 101")
+        for row in np.flatnonzero(tcp & (post | upgrade)).tolist():
+            self._http(batch, row, signals, post=bool(post[row]))
+        # M3: pool name in the TLS server name (found and matched in numpy; Python for the hits only)
+        named = np.zeros(len(recs), bool)  # TLS flows that name their server (the name explains the address)
+        if self.pools.domains:
+            hits, named_rows = self._sni_rows(batch, np.flatnonzero(tcp & tls & (prefix[:, ORIG, 5] == 1)))
+            named[named_rows] = True
+            for row in hits.tolist():
+                self._sni(batch, row, signals)
+        # M3: pool name bound to the destination by the sandbox's DNS answers
+        if self._watch:
+            for row in self._watched_rows(recs, tcp & ~ssh).tolist():
+                self._dns_name(batch, row, signals)
+        # M2: Stratum V2 handshake sizes
+        sv2 = np.flatnonzero(tcp & ~ssh & ~tls & ~readable & ~http & (recs["orig_payload_min"] <= 64)
+                             & (recs["orig_payload_max"] >= 64) & (recs["resp_payload_min"] <= 234)
+                             & (recs["resp_payload_max"] >= 234) & (recs["seq_count"] >= 2))
+        first2 = _first_sizes(batch, sv2)
+        for row in sv2[(first2[:, 0] == 64) & (first2[:, 1] == -234)].tolist():
+            self._sv2(batch, row, signals)
+        # M4/M5: behaviour of long flows whose content cannot be read
+        p = self.params
+        duration = (recs["last_seen_ns"] - recs["first_seen_ns"]) / 1e9
+        opaque = tcp & ~ssh & ~http & ~mqtt & ~np.isin(recs["resp_port"], DNS_PORTS)
+        long_lived = opaque & (duration >= p.behaviour_min_duration_s) & (recs["orig_payload_pkts"] >= 3) & \
+            ((recs["resp_payload_pkts"] >= p.push_min_bursts) | (recs["orig_payload_pkts"] >= p.push_min_bursts))
+        for row in np.flatnonzero(long_lived & ~readable).tolist():  # readable JSON was judged by its content
+            self._behaviour(batch, row, signals)
+        # M6 for flows with other evidence, then findings; proofs feed the pair memory first
+        for row, sig in signals.items():
+            port = self.pools.port(int(recs[row]["resp_port"]))
+            if port is not None and sig.parts and not sig.web_visit:
+                sig.add("M6", p.w_port, f"port {port.port} is a well-known mining pool port "
+                                        f"({self.pools.cite(port.sources)}{'; ' + port.note if port.note else ''})",
+                        Severity.LOW)
+            if sig.proof:
+                self._remember(recs[row], sig, capture)
+        # M7: later flows between proven pairs
+        if self._proven:
+            # like nDPI, only flows that nothing else explains: not SSH, HTTP, MQTT, DNS or readable JSON
+            eligible = (recs["proto"] == 6) & ~ssh & ~http & ~mqtt & ~readable & \
+                ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0) & \
+                ~np.isin(recs["resp_port"], DNS_PORTS)
+            for row in self._paired_rows(recs, eligible).tolist():
+                sig = signals.get(row)
+                if sig is not None and (sig.proof or sig.severity >= Severity.HIGH):
+                    continue
+                self._inherit(batch, row, signals)
+        for row, sig in signals.items():
+            if sig.parts:
+                client = _roles(recs[row], sig)[0]
+                self._report(recs[row], sig, capture, result, row, bool(tls[row]) if client == "orig" else
+                             batch.kept_stream(row, RESP)[:2] == b"\x16\x03")
+        if self._hold_ring is not None:
+            if new_pools is not None and len(new_pools):
+                self._release_held(new_pools, capture, result)  # flows of earlier batches named by this one's DNS
+            self._hold(batch, signals, tcp & ~ssh & ~http & ~mqtt & ~readable & ~np.isin(recs["resp_port"], DNS_PORTS)
+                       & ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0) & ~named, tls, capture)
+        return result
+
+    # ---- M1
+    def _json(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> bool:
+        """M1 on a flow whose kept bytes start like JSON; True when they are JSON (mining or not)."""
+        orig, resp = batch.kept_stream(row, ORIG), batch.kept_stream(row, RESP)
+        session = parse_session(orig, resp)
+        if session is not None:
+            self._methods(batch, row, session, signals)
+            return True
+        return bool(json_messages(orig, limit=1).messages or json_messages(resp, limit=1).messages)
+
+    def _http(self, batch: FlowBatch, row: int, signals: dict[int, _Signals], post: bool) -> None:
+        """HTTP POST (getwork and friends, mining headers, a pool's Host) or JSON inside WebSocket frames."""
+        orig, resp = batch.kept_stream(row, ORIG), batch.kept_stream(row, RESP)
+        if not post:
+            inner = websocket_streams(orig, resp)
+            if inner is not None and any(side.lstrip()[:1] in (b"{", b"[") for side in inner):
+                try:
+                    session = parse_json_session(*inner)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+                    session = None
+                if session is not None:
+                    self._methods(batch, row, session, signals, "websocket")
+            return
+        session = parse_session(orig, resp)
+        if session is not None:
+            self._methods(batch, row, session, signals)
+            return
+        for msg in http_messages(orig, limit=2):
+            host = msg.headers.get("host", "").split(":")[0].lower()
+            hit = self.pools.match(host)
+            if hit is not None:
+                sig = signals.setdefault(row, _Signals())
+                sig.pool, sig.pool_source, sig.web_visit = host, "http_host", True
+                sig.add("M3", self.params.w_web_visit,
+                        f"an HTTP request to '{host}', a mining pool domain ({hit.suffix}: "
+                        f"{self.pools.cite(hit.sources)}), that carries no mining messages: the pool's web site or "
+                        f"API, not mining by itself", Severity.LOW)
+                return
+
+    def _methods(self, batch: FlowBatch, row: int, s: StratumSession, signals: dict[int, _Signals],
+                 carrier: str | None = None) -> None:
+        p = self.params
+        sig = signals.setdefault(row, _Signals())
+        sig.session, sig.carrier = s, carrier
+        miner = "sandbox side" if s.miner_is_orig else "responder side"
+        what = _FAMILY_TEXT.get(s.family, s.family)
+        parts = []
+        if s.miner_methods:
+            parts.append(f"the {miner} (miner) sent {', '.join(s.miner_methods[:8])}")
+        if s.pool_methods or s.pool_answers:
+            pool_said = list(s.pool_methods[:8]) + [a for a in s.pool_answers if a != "status OK" or not s.pool_methods]
+            parts.append(f"the pool side sent {', '.join(pool_said[:8])}")
+        if s.extensions and s.family == Family.GETWORK_HTTP:
+            parts.append("HTTP mining headers " + "; ".join(s.extensions[:3]))
+        text = f"{what} JSON-RPC in the first payload bytes" + (f" (inside {carrier} frames)" if carrier else "") + \
+            ": " + "; ".join(parts)
+        if s.shares:
+            text += f"; {s.shares} share submission(s)"
+        if s.jobs:
+            text += f"; {s.jobs} job(s) pushed by the pool"
+        if s.login:
+            text += f"; login '{s.login}'"
+        if s.agent:
+            text += f"; miner software '{s.agent}'"
+        if s.both_sides:
+            sig.add("M1", p.w_methods_both, text + ": a working mining session", Severity.CRITICAL, proof=True)
+        else:
+            text += ("; the pool side sent nothing recognisable (connection attempt or capture cut)"
+                     if s.miner_methods else "; the miner side's messages were not seen")
+            sig.add("M1", p.w_methods, text, Severity.HIGH, proof=True)
+        if s.pool_host and sig.pool is None:
+            sig.pool, sig.pool_source = s.pool_host, ("http_host" if s.family == Family.GETWORK_HTTP else "subscribe")
+
+    # ---- M3
+    def _sni_rows(self, batch: FlowBatch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows whose ClientHello names a listed pool domain or needs the Python parser, rows that name any
+        server). Most hellos show their server name in the first 640 bytes; the rest get a second, wider pass."""
+        out, named = [], []
+        todo = rows
+        for width in (640, SNI_WIDTH):
+            later = []
+            for lo in range(0, len(todo), CHUNK):
+                part = todo[lo:lo + CHUNK]
+                data, fill = _kept_bytes(batch, part, ORIG, width)
+                offset, length, status = find_sni(data, fill)
+                out.append(part[tail_matches(data, offset, offset + length, self.pools.text_codes) | (status == 2)])
+                named.append(part[offset >= 0])
+                record_end = 5 + ((data[:, 3].astype(np.int64) << 8) | data[:, 4])
+                later.append(part[(offset < 0) & (status == 1) & (fill >= data.shape[1])
+                                  & (record_end > data.shape[1])])
+            todo = np.concatenate(later) if later else np.zeros(0, np.int64)
+            if not len(todo):
+                break
+        empty = np.zeros(0, np.int64)
+        return (np.unique(np.concatenate(out)) if out else empty), (np.concatenate(named) if named else empty)
+
+    def _sni(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+        hello = parse_client_hello(batch.kept_stream(row, ORIG))
+        hit = self.pools.match(hello.sni) if hello is not None else None
+        if hit is None:
+            return
+        sig = signals.setdefault(row, _Signals())
+        sig.pool, sig.pool_source = hello.sni, "sni"
+        web = [a for a in hello.alpn if a.lower() in _HTTP_ALPN]
+        note = f"; {hit.note}" if hit.note else ""
+        if web:
+            sig.web_visit = True
+            sig.add("M3", self.params.w_web_visit,
+                    f"TLS to '{hello.sni}' (server name), a mining pool domain ({hit.suffix}: "
+                    f"{self.pools.cite(hit.sources)}{note}), negotiating {'/'.join(web)}: a visit to the pool's "
+                    f"website, not mining by itself", Severity.LOW)
+        else:
+            sig.add("M3", self.params.w_pool_name,
+                    f"TLS to '{hello.sni}' (server name), a mining pool domain ({hit.suffix}: "
+                    f"{self.pools.cite(hit.sources)}{note}), with no web protocol offered (ALPN "
+                    f"{'/'.join(hello.alpn) or 'none'}): stratum+ssl, the content is encrypted",
+                    Severity.HIGH, proof=True)
+
+    def _watch_dns(self, batch: FlowBatch) -> np.ndarray:
+        """Remember the addresses that DNS answers in this batch gave for pool names: the questions are matched in
+        numpy, only the hits are parsed. The DnsObserver, which ran before this detector, has bound them; this list
+        only lets the array prefilter find the flows to those addresses."""
+        recs = batch.records
+        dns = np.flatnonzero(np.isin(recs["resp_port"], DNS_PORTS) & np.isin(recs["proto"], (6, 17))
+                             & (recs["slot"] >= 0) & (recs["resp_payload_pkts"] > 0))
+        added: list[int] = []
+        for lo in range(0, len(dns), CHUNK):
+            part = dns[lo:lo + CHUNK]
+            data, fill = _kept_bytes(batch, part, RESP, DNS_WIDTH)
+            hit = np.zeros(len(part), bool)
+            for start, proto in ((12, 17), (14, 6)):  # the question name of the first response (TCP: after the length)
+                mine = recs["proto"][part] == proto
+                if mine.any():
+                    end = question_end(data, start)
+                    end[end > fill] = -1  # walked past the kept bytes
+                    hit |= mine & tail_matches(data, np.where(end >= 0, start, -1), end, self.pools.wire_codes,
+                                               dotted=False)
+            for row in part[hit].tolist():
+                added += self._watch_answers(batch, row)
+        while len(self._watch) > self.params.dns_watch:
+            self._watch.popitem(last=False)
+        return np.unique(np.array(added, np.uint64))
+
+    def _watch_answers(self, batch: FlowBatch, row: int) -> list[int]:
+        added = []
+        udp = int(batch.records[row]["proto"]) == 17
+        messages = parse_udp_payloads(batch.kept_payload(row, RESP)) if udp else \
+            parse_tcp_stream(batch.kept_stream(row, RESP))
+        for message in messages:
+            for rr in message.answers:
+                if rr.rtype in (1, 28) and rr.value:
+                    key = _address_key(rr.value)
+                    if key is not None:
+                        self._watch[key] = rr.name
+                        self._watch.move_to_end(key)
+                        self._watch_dirty = True
+                        added.append(key[1])
+        return added
+
+    def _watched_rows(self, recs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self._watch_dirty:
+            self._watch_lo = np.unique(np.array([lo for _, lo in self._watch], np.uint64))
+            self._watch_dirty = False
+        hit = mask & (_member(recs["resp_lo"], self._watch_lo) | _member(recs["orig_lo"], self._watch_lo))
+        return np.flatnonzero(hit)
+
+    def _dns_name(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+        rec = batch.records[row]
+        client, server = _roles(rec, signals.get(row))
+        v = int(rec["ip_version"])
+        if (int(rec[server + "_hi"]), int(rec[server + "_lo"])) not in self._watch:
+            return
+        sandbox = _address(int(rec[client + "_hi"]), int(rec[client + "_lo"]), v)
+        dst = _address(int(rec[server + "_hi"]), int(rec[server + "_lo"]), v)
+        ts = float(rec["first_seen_ns"]) / 1e9
+        names = [(n, h) for n in self.binding.names(sandbox, dst, ts) for h in (self.pools.match(n),) if h]
+        if not names:
+            return
+        # the flow may name its server itself: a different name means a shared address (CDN, hosting), not the pool
+        orig = batch.kept_stream(row, ORIG if client == "orig" else RESP)
+        named, web = None, False
+        if orig[:1] == b"\x16":
+            hello = parse_client_hello(orig)
+            if hello is not None:
+                named, web = hello.sni, any(a.lower() in _HTTP_ALPN for a in hello.alpn)
+        elif any(orig.startswith(m) for m in _HTTP_REQUEST):
+            web = True
+            msgs = http_messages(orig, limit=1)
+            named = msgs[0].headers.get("host", "").split(":")[0].lower() or None if msgs else None
+        if named and self.pools.match(named) is None:
+            return
+        self._dns_evidence(signals.setdefault(row, _Signals()), dst, names, web)
+
+    def _dns_evidence(self, sig: _Signals, dst: str, names: list, web: bool, late: bool = False) -> None:
+        name, hit = names[0]
+        others = f" (and {len(names) - 1} more pool name(s))" if len(names) > 1 else ""
+        text = (f"DNS answers that the sandbox received bind {dst} to '{name}'{others}, a mining pool domain "
+                f"({hit.suffix}: {self.pools.cite(hit.sources)})")
+        if late:
+            text += (" (the answer's DNS flow ended after this flow had been reported, so this finding comes late: "
+                     "DNS flows wait for the UDP idle timeout)")
+        if sig.pool is None or sig.pool_source != "sni":
+            sig.pool, sig.pool_source = name, "dns"
+        if web or sig.web_visit:
+            sig.web_visit = True
+            sig.add("M3", self.params.w_web_visit, text + ": web traffic to the pool's site, not mining by itself",
+                    Severity.LOW)
+        elif sig.session is not None or (sig.pool_source == "sni" and sig.proof):
+            sig.add("M3", 0.5, text, Severity.LOW)  # already proven; this names the pool
+        else:
+            sig.add("M3", self.params.w_pool_name, text + ", and the flow is not web traffic", Severity.HIGH,
+                    proof=True)
+
+    # ---- flows reported before the DNS answer that explains them was read
+    def _hold(self, batch: FlowBatch, signals: dict[int, _Signals], candidates: np.ndarray, tls: np.ndarray,
+              capture: str) -> None:
+        """Keep the records of flows that nothing explained (opaque TCP, TLS naming no server) in a fixed ring, so
+        that a DNS answer read in a later batch can still name their pool (a UDP DNS flow ends only after the idle
+        timeout, often after the TCP connection that used its answer)."""
+        if capture != self._hold_capture:
+            self._hold_ring["first_seen_ns"] = 0
+            self._hold_capture = capture
+        if signals:
+            candidates = candidates.copy()
+            candidates[[r for r, sig in signals.items() if sig.parts]] = False
+        rows = np.flatnonzero(candidates)[-len(self._hold_ring):]
+        if not len(rows):
+            return
+        at = (self._hold_pos + np.arange(len(rows))) % len(self._hold_ring)
+        self._hold_ring[at] = batch.records[rows]
+        self._hold_tls[at] = tls[rows]
+        self._hold_pos = int((self._hold_pos + len(rows)) % len(self._hold_ring))
+
+    def _release_held(self, pools: np.ndarray, capture: str, result: BatchResult) -> None:
+        ring = self._hold_ring
+        if ring is None or capture != self._hold_capture:
+            return
+        live = ring["first_seen_ns"] > 0
+        for i in np.flatnonzero(live & (_member(ring["resp_lo"], pools) | _member(ring["orig_lo"], pools))).tolist():
+            rec = ring[i].copy()
+            ring[i]["first_seen_ns"] = 0
+            client, server = _roles(rec, None)
+            if (int(rec[server + "_hi"]), int(rec[server + "_lo"])) not in self._watch:
+                continue
+            v = int(rec["ip_version"])
+            sandbox = _address(int(rec[client + "_hi"]), int(rec[client + "_lo"]), v)
+            dst = _address(int(rec[server + "_hi"]), int(rec[server + "_lo"]), v)
+            names = [(n, h) for n in self.binding.names(sandbox, dst, float(rec["first_seen_ns"]) / 1e9)
+                     for h in (self.pools.match(n),) if h]
+            if not names:
+                continue
+            sig = _Signals()
+            self._dns_evidence(sig, dst, names, web=False, late=True)
+            port = self.pools.port(int(rec[server + "_port"]))
+            if port is not None:
+                sig.add("M6", self.params.w_port, f"port {port.port} is a well-known mining pool port "
+                                                  f"({self.pools.cite(port.sources)})", Severity.LOW)
+            self._remember(rec, sig, capture)
+            self._report(rec, sig, capture, result, None, bool(self._hold_tls[i]))
+
+    # ---- M2
+    def _sv2(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+        sizes, _ = batch.early_sequence(row)
+        hs = sv2_handshake(sizes, batch.kept_stream(row, ORIG))
+        if hs is None:
+            return
+        rec = batch.records[row]
+        port = int(rec["resp_port"])
+        sig = signals.setdefault(row, _Signals())
+        sig.sv2 = hs
+        text = (f"the Stratum V2 Noise handshake by its sizes: the sandbox side opened with exactly {hs.act1} B "
+                f"(an ElligatorSwift key, no TLS record header) and got exactly {hs.act2} B back (Noise NX act 2)")
+        if hs.records_after:
+            text += f", then {hs.records_after} encrypted frames of at least 38 B (22 + n + 16)"
+        if port in (8333, 18333, 38333, 48333):
+            sig.add("M2", self.params.w_sv2_bitcoin_port, text + f"; but port {port} is Bitcoin's, whose P2P v2 "
+                    f"(BIP324) also opens with a 64-byte key", Severity.MEDIUM)
+        else:
+            sig.add("M2", self.params.w_sv2, text, Severity.HIGH, proof=True)
+
+    # ---- M4 / M5
+    def _behaviour(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+        p = self.params
+        rec = batch.records[row]
+        score, parts = cesnet_score(rec)
+        client, _ = _roles(rec, signals.get(row))
+        pool_dir = RESP if client == "orig" else ORIG
+        miner = "orig_" if client == "orig" else "resp_"
+        client_mean = float(rec[miner + "payload_mean"])
+        sizes, dt_us = batch.early_sequence(row)
+        bursts, median, cv = push_rhythm(sizes, dt_us, pool_dir, p.burst_gap_s)
+        conv = batch.conversation(row)
+        duration = (int(rec["last_seen_ns"]) - int(rec["first_seen_ns"])) / 1e9
+        life_pushes = (conv.bursts_led[pool_dir] + conv.pingpongs[pool_dir]) if conv is not None else 0
+        m5 = (bursts >= p.push_min_bursts and p.push_iat_s[0] <= median <= p.push_iat_s[1] and cv <= p.push_max_cv
+              and p.client_min_mean <= client_mean < p.client_max_mean)
+        if not (m5 and score >= p.cesnet_threshold):
+            return
+        sig = signals.setdefault(row, _Signals())
+        sig.behaviour = {"cesnet_score": score, "pool_pushes": int(bursts), "push_interval_median_s": round(median, 1),
+                         "push_interval_cv": round(cv, 2), "client_payload_mean": round(client_mean, 1),
+                         "duration_s": round(duration, 1), "pushes_over_life": int(life_pushes)}
+        sig.add("M5", p.w_push,
+                f"the remote side pushed {bursts} bursts at a median interval of {median:.1f} s (CV {cv:.2f}) in the "
+                f"first payload packets ({life_pushes} over {duration:.0f} s), while the sandbox side's messages "
+                f"average {client_mean:.0f} B: the rhythm of a pool sending jobs (15-120 s) to a miner that submits "
+                f"small shares", Severity.MEDIUM)
+        sig.add("M4", min(p.w_cesnet_max, p.w_cesnet_step * (score - 6)),
+                f"CESNET-style miner score {score}/13 (threshold {p.cesnet_threshold}): " + ", ".join(parts),
+                Severity.MEDIUM)
+
+    # ---- M7
+    def _remember(self, rec: np.void, sig: _Signals, capture: str) -> None:
+        client, server = _roles(rec, sig)
+        key = (int(rec[client + "_hi"]), int(rec[client + "_lo"]), int(rec[server + "_hi"]), int(rec[server + "_lo"]))
+        ts = float(rec["first_seen_ns"]) / 1e9
+        end = float(rec["last_seen_ns"]) / 1e9
+        prior = self._proven.pop(key, None)
+        if prior is None:
+            self._proven_new.append(key)
+        protocol = sig.session.family if sig.session else (Family.STRATUM_V2 if sig.sv2 else "tls" if sig.pool_source ==
+                                                           "sni" else None)
+        if prior is None:
+            prior = _Proven(ts, end, sig.severity, sig.score, protocol, sig.pool,
+                            int(rec[server + "_port"]), capture)
+        else:
+            prior.first, prior.last = min(prior.first, ts), max(prior.last, end)
+            if sig.score > prior.score:
+                prior.severity, prior.score = sig.severity, sig.score
+            prior.protocol = prior.protocol or protocol
+            prior.pool = prior.pool or sig.pool
+        self._proven[key] = prior
+        while len(self._proven) > self.params.pair_memory:
+            self._proven.popitem(last=False)
+
+    def _paired_rows(self, recs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Rows between a proven pair, either way round: the pool's address first, then a 64-bit pair hash (an exact
+        dictionary check follows in _inherit). The arrays grow by the pairs proven since the last batch and are
+        rebuilt only when evictions have left them twice as long as the memory."""
+        if self._proven_new:
+            keys = np.array(self._proven_new, np.uint64).reshape(-1, 4)
+            self._proven_new = []
+            if len(self._proven_pairs) + len(keys) > 2 * len(self._proven) + 64:
+                keys = np.array(list(self._proven), np.uint64).reshape(-1, 4)
+                self._proven_pools, self._proven_pairs = np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+            self._proven_pools = np.union1d(self._proven_pools, keys[:, 3])
+            self._proven_pairs = np.union1d(self._proven_pairs,
+                                            _pair_hash(keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3]))
+        rows = np.flatnonzero(mask & (_member(recs["resp_lo"], self._proven_pools)
+                                      | _member(recs["orig_lo"], self._proven_pools)))
+        if not len(rows):
+            return rows
+        r = recs[rows]
+        fwd = _pair_hash(r["orig_hi"], r["orig_lo"], r["resp_hi"], r["resp_lo"])
+        rev = _pair_hash(r["resp_hi"], r["resp_lo"], r["orig_hi"], r["orig_lo"])
+        return rows[_member(fwd, self._proven_pairs) | _member(rev, self._proven_pairs)]
+
+    def _inherit(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+        rec = batch.records[row]
+        first = batch.kept_stream(row, ORIG)
+        if first[:2] == b"\x16\x03":
+            hello = parse_client_hello(first)
+            if hello is not None and hello.sni and self.pools.match(hello.sni) is None:
+                return  # TLS that names another server: a shared address (CDN, hosting) explains it
+        o = (int(rec["orig_hi"]), int(rec["orig_lo"]))
+        r = (int(rec["resp_hi"]), int(rec["resp_lo"]))
+        prior = self._proven.get(o + r) or self._proven.get(r + o)
+        if prior is None:
+            return
+        ts = float(rec["first_seen_ns"]) / 1e9
+        if ts - prior.last > self.params.pair_ttl_s or prior.first - ts > self.params.pair_ttl_s:
+            return
+        v = int(rec["ip_version"])
+        sig = signals.setdefault(row, _Signals())
+        sig.inherited = {"proven_at": round(prior.first, 6), "protocol": prior.protocol, "pool": prior.pool,
+                         "port": prior.port}
+        sig.pool = sig.pool or prior.pool
+        sig.pool_source = sig.pool_source or ("pair" if prior.pool else None)
+        what = _FAMILY_TEXT.get(prior.protocol, prior.protocol or "mining")
+        sig.add("M7", prior.score * self.params.inherit_factor,
+                f"{_address(*o, v)} and {_address(*r, v)} were already proven to be a miner and its pool "
+                f"({what} on port {prior.port}, first seen at {prior.first:.3f}): this flow between the same pair "
+                f"inherits that verdict (pair memory, like nDPI's mining cache)",
+                min(prior.severity, Severity.HIGH))
+
+    # ---- output
+    def _report(self, rec: np.void, sig: _Signals, capture: str, result: BatchResult, row: int | None = None,
+                tls: bool = False) -> None:
+        """One finding; `row` (this batch's) for flow annotations, None for a flow of an earlier batch."""
+        s = sig.session
+        client, server = _roles(rec, sig)
+        v = int(rec["ip_version"])
+        if s is not None:
+            protocol = s.family
+        elif sig.sv2 is not None:
+            protocol = Family.STRATUM_V2
+        elif tls:
+            protocol = "tls"
+        else:
+            protocol = (sig.inherited or {}).get("protocol") or "unknown"
+        mining = {
+            "protocol": protocol,
+            "signals": sorted({code for code, _, _ in sig.parts}),
+            "methods": list(s.methods) if s else [],
+            "pool": sig.pool,
+            "pool_source": sig.pool_source,
+            "login": s.login if s else None,
+            "worker": s.worker if s else None,
+            "agent": s.agent if s else None,
+            "coin": s.coin if s else None,
+            "algorithm": s.algorithm if s else None,
+            "miner_ip": _address(int(rec[client + "_hi"]), int(rec[client + "_lo"]), v),
+            "pool_ip": _address(int(rec[server + "_hi"]), int(rec[server + "_lo"]), v),
+            "pool_port": int(rec[server + "_port"]),
+        }
+        if s is not None:
+            mining["shares"] = s.shares
+            mining["jobs"] = s.jobs
+            if s.extensions:
+                mining["extensions"] = list(s.extensions)
+        if sig.carrier:
+            mining["carrier"] = sig.carrier
+        if sig.behaviour:
+            mining["behaviour"] = sig.behaviour
+        if sig.inherited:
+            mining["inherited"] = sig.inherited
+        if row is not None and s is not None:
+            result.annotate(row, app="getwork" if s.family == Family.GETWORK_HTTP else "stratum")
+        elif row is not None and sig.sv2 is not None:
+            result.annotate(row, app="stratum_v2")
+        ordered = sorted(sig.parts, key=lambda part: -part[1])
+        result.findings.append(Finding(
+            kind=FindingKind.MINING, severity=sig.severity, score=sig.score,
+            evidence=tuple(text for _, _, text in ordered), flow=rec.copy(), capture=capture,
+            details={"mining": mining}))
+
+
+def _kept_bytes(batch: FlowBatch, rows: np.ndarray, direction: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [len(rows), width] kept bytes of one direction, bytes kept per row capped at width); bytes past the
+    fill are not meaningful. FlowBatch has no one-direction array accessor yet, so the table's arrays are read
+    directly (as detect/egress.py does), falling back to the public per-batch API."""
+    slots = batch.records["slot"][rows]
+    t = getattr(batch.table, "t", None)
+    if t is not None and hasattr(t, "keep_data") and hasattr(t, "keep_fill"):
+        width = min(width, t.keep_data.shape[2])
+        return t.keep_data[slots, direction, :width], np.minimum(t.keep_fill[slots, direction].astype(np.int64),
+                                                                  width)
+    data = batch.table.payload_prefix(slots, width)[:, direction, :]
+    return data, np.array([min(len(batch.kept_stream(int(r), direction)), width) for r in rows], np.int64)
+
+
+def _first_sizes(batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
+    """int64 [len(rows), 2]: the first two entries of each row's early payload sequence (0 where absent)."""
+    out = np.zeros((len(rows), 2), np.int64)
+    if not len(rows):
+        return out
+    recs = batch.records
+    t = getattr(batch.table, "t", None)
+    if t is not None and hasattr(t, "seq_size"):
+        out[:] = t.seq_size[recs["slot"][rows], :2]
+    else:
+        for i, row in enumerate(rows.tolist()):
+            sizes, _ = batch.early_sequence(row)
+            out[i, :len(sizes[:2])] = sizes[:2]
+    out[recs["seq_count"][rows] < 2] = 0
+    return out
+
+
+def _roles(rec: np.void, sig: _Signals | None) -> tuple[str, str]:
+    """("orig", "resp") when the originator is the miner/sandbox side, else ("resp", "orig"): the messages say so
+    when they were read; otherwise a SYN, else the lower port is the server's."""
+    if sig is not None and sig.session is not None:
+        return ("orig", "resp") if sig.session.miner_is_orig else ("resp", "orig")
+    if int(rec["flow_flags"]) & int(FlowFlag.SAW_SYN) or int(rec["orig_port"]) >= int(rec["resp_port"]):
+        return "orig", "resp"
+    return "resp", "orig"
+
+
+__all__ = ["MiningDetector", "Params", "PoolList", "cesnet_score", "load_pools", "push_rhythm"]
