@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+# Scenario modules (lab_mining, lab_egress) `import lab`: when this file runs as the program, let them find it
+sys.modules.setdefault("lab", sys.modules[__name__])
+
 SANDBOX_IP = "10.77.0.2"
 GATEWAY_IP = "10.77.0.1"
 OUTSIDE_IP = "198.18.0.2"

@@ -29,17 +29,8 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _lab_module():
-    """captures/lab.py, whether it runs as the program (__main__) or was imported as `lab`."""
-    main = sys.modules.get("__main__")
-    if main is not None and Path(getattr(main, "__file__", "") or "").name == "lab.py" and hasattr(main, "scenario"):
-        return main
-    import lab
+import lab as _lab  # lab.py registers itself as `lab` even when it runs as the program
 
-    return lab
-
-
-_lab = _lab_module()
 Lab = _lab.Lab
 Label = _lab.Label
 OUTSIDE_IP = _lab.OUTSIDE_IP

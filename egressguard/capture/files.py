@@ -301,6 +301,13 @@ class CaptureFile:
 
 
 
+def _warn_truncated(stats: CaptureStats, name: str, offset: int, size: int) -> None:
+    """Record that the input ended inside a record: everything before it was analysed."""
+    stats.complete = False
+    stats.warnings.append(f"{name}: capture is truncated: the last record (at byte {offset}) is incomplete "
+                          f"({size} bytes); everything before it was analysed")
+
+
 class _ChunkReader:
     """The read buffers: each refill moves the unconsumed tail into the next buffer of a small ring and tops it
     up from the stream, so the chunk handed out before stays intact while it is being analysed."""
@@ -345,10 +352,7 @@ class _ChunkReader:
         """Drop the consumed bytes before `pos`, read more; return the new position or -1 at the end of input."""
         if self.eof:
             if pos < self.filled:
-                self.stats.complete = False
-                self.stats.warnings.append(
-                    f"{self.name}: capture is truncated: the last record (at byte {self.base + pos}) is incomplete "
-                    f"({self.filled - pos} bytes); everything before it was analysed")
+                _warn_truncated(self.stats, self.name, self.base + pos, self.filled - pos)
             return -1
         rest = self.filled - pos
         size = len(self.buf)
@@ -412,10 +416,7 @@ class _MappedReader:
     def refill(self, pos: int) -> int:
         if self.eof:
             if pos < self.filled:
-                self.stats.complete = False
-                self.stats.warnings.append(
-                    f"{self.name}: capture is truncated: the last record (at byte {self.base + pos}) is incomplete "
-                    f"({self.filled - pos} bytes); everything before it was analysed")
+                _warn_truncated(self.stats, self.name, self.base + pos, self.filled - pos)
             return -1
         if pos == 0:  # one record larger than the window: widen it
             self.window = max(self.window, self.filled) * 2
