@@ -5,7 +5,6 @@ Heavy modules (numba kernels) are imported inside the commands, so `egressguard 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import click

@@ -8,7 +8,6 @@ handshake nested inside the flow). No thresholds live here; detectors interpret 
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 ECHO_MAX_SIZE = 256  # echo pairs are counted per 4-byte size bucket below this (SSH records are multiples of 4)
