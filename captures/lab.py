@@ -146,6 +146,15 @@ def recording(lab: Lab, path: Path) -> Iterator[None]:
         proc.wait(timeout=10)
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 5) -> None:
+    """Ask a lab process to stop; kill it when it has not stopped after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @contextlib.contextmanager
 def background(lab: Lab, ns: str, *cmd: str, ready_port: int | None = None) -> Iterator[subprocess.Popen]:
     """A server process in a namespace, stopped on exit; waits until it listens on ready_port (TCP)."""
@@ -155,11 +164,7 @@ def background(lab: Lab, ns: str, *cmd: str, ready_port: int | None = None) -> I
             _wait_listening(lab, ns, ready_port)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def _wait_listening(lab: Lab, ns: str, port: int, timeout: float = 15) -> None:
@@ -380,11 +385,7 @@ def ssh_client(lab: Lab, ns: str, *args: str, program: str = "ssh", settle: floa
             raise RuntimeError(f"{program} exited early with {proc.returncode}")
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 SHELL_LINES = ["uname -a\r", "ls -la /etc | head\r", "cat /etc/hostname\r", "id\r", "exit\r"]

@@ -631,11 +631,7 @@ def _via_proxy(lab: Lab, host: str, port: int, ssl: bool) -> bool:
         _client(lab, "equihash", "127.0.0.1", 10666, user="t1LabMinerBehindProxy.rig7")
         return True
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _lab.stop_process(proc)
 
 
 # ----------------------------------------------------------------------------------------------- scenarios

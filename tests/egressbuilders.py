@@ -36,9 +36,12 @@ def dns_message(name: str, answers=(), *, qtype: str = "A", ident: int = 0x1234,
     return out
 
 
-def client_hello(server_name: str) -> bytes:
-    """The first bytes a real TLS client (Python's ssl) sends for this server name."""
+def client_hello(server_name: str | None, alpn=None) -> bytes:
+    """What Python's ssl (OpenSSL) sends first: a real ClientHello, with or without SNI and ALPN."""
     ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
     try:

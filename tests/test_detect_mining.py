@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import random
-import ssl
 import struct
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from egressguard.errors import ExitStatus, RulesError
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.report.jsonl import dumps
 from egressguard.report.records import finding_record, flow_fields
+from egressbuilders import client_hello
 from framebuilders import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, ethernet, ipv4, pcap_file, tcp, udp
 
 SANDBOX, POOL, OTHER, RESOLVER = "10.0.0.2", "203.0.113.9", "203.0.113.50", "10.0.0.53"
@@ -80,21 +80,6 @@ class Pcap:
 
 def jl(*objs) -> bytes:
     return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
-
-
-def client_hello(server_name: str | None, alpn=None) -> bytes:
-    """What Python's ssl (OpenSSL) sends first: a real ClientHello, with or without SNI and ALPN."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
 
 
 def tls_record(n: int) -> bytes:

@@ -450,26 +450,25 @@ def prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
     stop = threading.Event()
     done = object()
 
+    def offer(item: object) -> bool:
+        """Hand one item over, waiting while the consumer is busy; False once the consumer has gone."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        handoff.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(chunk):
                     return
             item: object = done
         except BaseException as exc:  # handed to the consumer, which raises it
             item = exc
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        offer(item)
 
     worker = threading.Thread(target=produce, name="capture-reader", daemon=True)
     worker.start()
