@@ -116,15 +116,17 @@ def json_messages(stream: bytes | str, limit: int = MAX_MESSAGES) -> JsonStream:
 
 
 def _add(messages: list, value, limit: int) -> None:
-    if isinstance(value, dict):
+    """Keep the objects of a value (an empty {} says nothing: a random key that starts with "{" is followed by "}" once in 256)."""
+    if isinstance(value, dict) and value:
         messages.append(value)
     elif isinstance(value, list):  # a JSON-RPC batch
         for item in value[:limit]:
-            if isinstance(item, dict) and len(messages) < limit:
+            if isinstance(item, dict) and item and len(messages) < limit:
                 messages.append(item)
 
 
 _CLOSE = {"{": "}", "[": "]"}
+_BARE = frozenset(":0123456789+-.eEtruefalsn")  # what JSON allows outside strings besides brackets and commas
 
 
 def _recover_prefix(text: str):
@@ -164,6 +166,8 @@ def _recover_prefix(text: str):
             cut = (i + 1, tuple(stack))
         elif ch == ",":
             cut = (i, tuple(stack))
+        elif ch not in _BARE:  # not JSON outside a string: this was never a cut-off JSON line
+            return None
         last = ch
     if cut is None:
         return None
@@ -173,7 +177,7 @@ def _recover_prefix(text: str):
         value = _DECODER.decode(candidate)
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, (dict, list)) else None
+    return value if isinstance(value, (dict, list)) and value else None  # "{" alone: nothing whole arrived
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
