@@ -230,3 +230,63 @@ class Finding:
     flow: np.void
     capture: str
     details: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ live monitoring
+# What `watch` knows at one moment, handed to the dashboard (pure render functions) and nothing else. Strings that
+# came from the wire (names bound by DNS, finding evidence, banners inside `findings`) are raw here; the renderer
+# escapes them.
+@dataclass(frozen=True)
+class InterfaceView:
+    """One monitored interface: totals since start and a short per-second rate history (oldest first)."""
+
+    name: str
+    up: bool
+    packets: int
+    bytes: int
+    kernel_drops: int  # packets the kernel dropped because we read too slowly (PACKET_STATISTICS tp_drops)
+    pps_history: tuple[float, ...] = ()  # packets per second, one entry per second
+    bps_history: tuple[float, ...] = ()  # bits per second, one entry per second
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """One sandbox as seen from the bridge: who it is and what it did."""
+
+    name: str  # human name from the rules file's [sandboxes], else the address
+    address: str  # IP address (the flows' originator)
+    mac: str | None
+    port: str | None  # bridge port / veth it sits behind, when known
+    flows: int  # flows it opened since start (active and finished)
+    bytes_out: int  # bytes it sent
+    destinations: int  # distinct (address, port, protocol) it contacted
+    worst: Severity | None  # the worst current finding about it
+    worst_kind: str | None
+
+
+@dataclass(frozen=True)
+class DestinationView:
+    """A destination a sandbox contacted for the first time."""
+
+    time_ns: int
+    sandbox: str
+    destination: str  # "203.0.113.9:443/tcp"
+    names: tuple[str, ...]  # names bound to the address by DNS answers seen on the wire
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """Everything the dashboard shows; `findings` are finding records (the JSONL `finding` dicts) plus a
+    `sandbox` key, worst first; `messages` are recent operator notes (hook failures, rule reloads, interface
+    changes), newest last."""
+
+    time_ns: int
+    started_ns: int
+    interfaces: tuple[InterfaceView, ...]
+    active_flows: int
+    finished_flows: int
+    evictions: int
+    findings: tuple[dict, ...]
+    sandboxes: tuple[SandboxView, ...]
+    new_destinations: tuple[DestinationView, ...]  # newest first
+    messages: tuple[str, ...] = ()
