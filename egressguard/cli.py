@@ -118,6 +118,154 @@ def rules_check(rules_file: str) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 140).print(render_rules(allowlist))
 
 
+@main.command(epilog=EXIT_CODES_HELP.replace("0 nothing found, 1 findings reported", "0 stopped by a signal"))
+@click.option("-i", "--interface", "interfaces", multiple=True, required=True, metavar="IFACE",
+              help="Interface to watch: a sandbox bridge, its veth ports or any interface (repeat for several).")
+@click.option("--filter", "bpf", default=None, metavar="BPF", help="Kernel packet filter (tcpdump syntax).")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False), default=None,
+              help="Allowlist rules (TOML) [default: rules/default.toml]; SIGHUP reloads the file.")
+@click.option("--dashboard/--no-dashboard", default=None,
+              help="Live terminal dashboard [default: when stdout is a terminal]; without it findings go to "
+                   "stdout as JSON lines.")
+@click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), default=None,
+              help="Also append each finding as one JSON line to this file (reopened after log rotation).")
+@click.option("--on-finding", "on_finding", default=None, metavar="CMD",
+              help="Run CMD (no shell) for each new finding, the finding JSON on stdin and EGRESSGUARD_* variables "
+                   "in its environment; 'egressguard hook cut-port' cuts the sandbox's veth.")
+@click.option("--on-finding-severity", type=click.Choice(["low", "medium", "high", "critical"]), default="high",
+              show_default=True, help="Least severity for which --on-finding runs.")
+@click.option("--suppress", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds before the same finding is reported again (sooner when it gets worse).")
+@click.option("--capacity", type=click.IntRange(64, 1 << 28), default=1 << 18, show_default=True,
+              help="Most flows held at once; the oldest idle flow is evicted (and counted) beyond it.")
+@click.option("--user", default=None, metavar="USER",
+              help="Drop root for this user once the capture sockets are open.")
+def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, dashboard: bool | None,
+          alerts_file: str | None, on_finding: str | None, on_finding_severity: str, suppress: float, capacity: int,
+          user: str | None) -> None:
+    """Watch interfaces live: findings as they happen, per sandbox (needs root or CAP_NET_RAW)."""
+    import signal
+    import threading
+
+    from egressguard.capture.live import LiveCapture, drop_privileges
+    from egressguard.flows import FlowSettings
+    from egressguard.monitor import LiveMonitor, WatchSettings
+    from egressguard.pipeline import Settings
+    from egressguard.report.alerts import AlertsFile
+    from egressguard.report.hooks import SEVERITIES, FindingHook, parse_command
+    from egressguard.report.jsonl import dumps
+    from egressguard.rules import ActiveRules
+
+    if len(set(interfaces)) != len(interfaces):
+        raise click.UsageError("an interface is named twice")
+    argv = None
+    if on_finding is not None:
+        try:
+            argv = parse_command(on_finding)
+        except ValueError as exc:
+            raise click.BadParameter(f"{on_finding!r}: {exc}", param_hint="--on-finding") from None
+    rules = ActiveRules(_load_rules(rules_file))
+    show_dashboard = sys.stdout.isatty() if dashboard is None else dashboard
+    settings = WatchSettings(pipeline=Settings(flows=FlowSettings(capacity=capacity, payload_slots=capacity // 8)),
+                             suppress_s=suppress)
+    source = LiveCapture(list(interfaces), bpf=bpf)
+    try:
+        source.open()
+        alerts = AlertsFile(alerts_file) if alerts_file else None
+        if user is not None:
+            drop_privileges(user)
+    except EgressGuardError as exc:
+        source.close()
+        _fail(str(exc), exc.exit_status)
+    stop = threading.Event()
+    monitor: LiveMonitor | None = None
+    hook = None
+
+    def emit(record: dict) -> None:
+        if not show_dashboard:
+            try:
+                sys.stdout.write(dumps(record) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                stop.set()
+        if alerts is not None:
+            try:
+                alerts.write(record)
+            except EgressGuardError as exc:
+                monitor.note(str(exc))
+                click.echo(f"egressguard: error: {exc}", err=True)
+        if hook is not None:
+            hook.offer(record)
+
+    monitor = LiveMonitor(source, rules, emit, settings)
+    if argv is not None:
+        def hook_report(outcome) -> None:
+            monitor.note(outcome.message)
+            if not outcome.ok or not show_dashboard:
+                click.echo(f"egressguard: {'hook' if outcome.ok else 'warning'}: {outcome.message}", err=True)
+        hook = FindingHook(argv, SEVERITIES[on_finding_severity], hook_report)
+
+    def on_stop(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: monitor.request_reload())
+    click.echo(f"egressguard: watching {', '.join(interfaces)}" + (f" (filter: {bpf})" if bpf else "")
+               + f"; rules {rules.current.source_path or 'built-in default'}", err=True)
+    failure: list[EgressGuardError] = []
+
+    def run_monitor() -> None:
+        try:
+            monitor.run(stop)
+        except EgressGuardError as exc:
+            failure.append(exc)
+            stop.set()
+
+    if show_dashboard:
+        from rich.console import Console
+
+        from egressguard.report.dashboard import run_dashboard
+
+        worker = threading.Thread(target=run_monitor, name="monitor")
+        worker.start()
+        try:
+            run_dashboard(monitor.snapshot, Console(), refresh_s=0.5, stop=stop)
+        finally:
+            stop.set()
+            worker.join()
+    else:
+        run_monitor()
+    if hook is not None:
+        hook.close()
+    if alerts is not None:
+        alerts.close()
+    summary = monitor.summary()
+    click.echo(f"egressguard: stopped: {summary.packets} packets, {summary.flows} flows, {monitor.emitted} findings"
+               f" reported, {summary.evictions} flows evicted", err=True)
+    if failure:
+        _fail(str(failure[0]), failure[0].exit_status)
+    sys.exit(int(ExitStatus.OK))
+
+
+@main.group()
+def hook() -> None:
+    """Ready-made --on-finding commands."""
+
+
+@hook.command("cut-port")
+def hook_cut_port() -> None:
+    """Set the sandbox's bridge port (EGRESSGUARD_SANDBOX_PORT) down: cuts that sandbox off the network."""
+    from egressguard.report.hooks import cut_port
+
+    try:
+        click.echo(cut_port(os.environ.get("EGRESSGUARD_SANDBOX_PORT", "")))
+    except ValueError as exc:
+        _fail(str(exc), ExitStatus.USAGE)
+    except (RuntimeError, OSError) as exc:
+        _fail(str(exc), ExitStatus.CAPTURE)
+
+
 def _load_rules(path: str | None):
     """The Allowlist of a rules file (the default file when None); an invalid file ends the run with exit 4."""
     from egressguard.rules import load_rules

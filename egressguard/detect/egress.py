@@ -72,6 +72,7 @@ class UnexpectedDestinationDetector:
     """
 
     name = "unexpected_destination"
+    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
     uses_dns_binding = True  # default_detectors() hands it the shared DnsBinding ...
     uses_rules = True  # ... and the rules
 

@@ -398,6 +398,7 @@ class MiningDetector:
     """
 
     name = "mining"
+    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
     uses_dns_binding = True  # default_detectors() hands it the shared DnsBinding
 
     def __init__(self, binding: DnsBinding | None = None, pools: PoolList | None = None, params: Params = Params()):

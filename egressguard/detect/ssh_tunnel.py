@@ -237,6 +237,7 @@ class SshTunnelDetector:
     """
 
     name = "ssh_tunnel"
+    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
 
     def __init__(self, params: Params = Params()):
         self.params = params
