@@ -11,7 +11,9 @@ A folder holds captures and a labels.csv in one of two layouts:
 Classes: reverse_ssh_tunnel, ssh_tunnel_other, ssh_interactive, ssh_transfer, stratum, dns_tunnel, icmp_tunnel,
 unexpected_destination, benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the
 class of its worst threat finding, else `unexpected_destination` when a policy finding covers it, else from the SSH
-use the detector assigned, else benign.
+use the detector assigned, else benign. Findings about more than one flow count for each flow they cover: a
+`dns_tunnel` finding (per sandbox and domain, often reported when the capture ends) covers every DNS flow from its
+sandbox to the resolvers it names; any other finding that arrives after its flow's batch covers its own flow.
 
 Policy findings (`unexpected_destination`) are judged against the policy of the folder: its rules.toml when it has
 one (captures/rules.toml for the lab). A folder without one is analysed with the default rules, and its policy
@@ -54,6 +56,8 @@ class FlowSeen:
     dport: int
     predicted: str
     detail: str
+    key: tuple[int, int] = (0, 0)  # (key_hash, first_seen_ns) of the flow record
+    rank: int = 0  # severity of the finding behind `predicted`, 0 without one
 
 
 @dataclass
@@ -128,6 +132,7 @@ def read_labels(folder: Path) -> list[LabelRow]:
 def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[FlowSeen]:
     flows = []
     policy: dict[tuple, str] = {}  # (src, dst, proto, port) -> detail, from policy findings (reported per capture)
+    late = []  # threat findings about flows of other batches (aggregated ones: DNS tunnels, reported at the end)
     for event in analyzer.analyze(str(path)):
         if not isinstance(event, FlowsReady):
             continue
@@ -140,28 +145,52 @@ def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[
                     policy[(f["src_ip"], f["dst_ip"], str(p["proto"]), p["port"])] = \
                         f"{finding.kind} {finding.details.get('reason')} {finding.severity.label()}"
                 continue
+            matched = False
             for row in range(len(event.batch.records)):
                 if event.batch.records[row]["key_hash"] == finding.flow["key_hash"] and \
                         event.batch.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
+                    matched = True
                     cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
                     rank = int(finding.severity)
                     if row not in worst or rank > worst[row][0]:
                         worst[row] = (rank, cls, f"{finding.kind} {finding.severity.label()} {finding.score:.2f}")
+            if not matched or str(finding.kind) == "dns_tunnel":
+                late.append(finding)
         for row in range(len(event.batch.records)):
-            f = flow_fields(event.batch.records[row])
+            rec = event.batch.records[row]
+            f = flow_fields(rec)
+            rank = 0
             if row in worst:
-                predicted, detail = worst[row][1], worst[row][2]
+                rank, predicted, detail = worst[row]
             else:
                 use = event.result.annotations.get(row, {}).get("ssh_use")
                 predicted, detail = SSH_USE_CLASS.get(use, "benign"), f"ssh_use={use}" if use else "no finding"
             flows.append(FlowSeen(str(f["proto"]), f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"],
-                                  predicted, detail))
+                                  predicted, detail, (int(rec["key_hash"]), int(rec["first_seen_ns"])), rank))
+    for finding in late:
+        _cover(flows, finding)
     if score_policy:
         for f in flows:
             hit = policy.get((f.src, f.dst, f.proto, f.dport))
             if hit and f.predicted not in FINDING_CLASS.values():
                 f.predicted, f.detail = "unexpected_destination", hit
     return flows
+
+
+def _cover(flows: list[FlowSeen], finding) -> None:
+    """Predict a finding's class for the flows it is about: its own flow record, and for an aggregated DNS tunnel
+    finding every DNS flow from its sandbox to the resolvers it names (per (sandbox, domain), not per flow)."""
+    cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
+    detail = f"{finding.kind} {finding.severity.label()} {finding.score:.2f}"
+    key = (int(finding.flow["key_hash"]), int(finding.flow["first_seen_ns"]))
+    dns = finding.details.get("dns_tunnel")
+    for f in flows:
+        covered = f.key == key
+        if dns is not None:
+            covered |= f.src == dns["sandbox"] and f.dst in dns["resolvers"] and f.dport == 53 and \
+                f.proto in ("udp", "tcp")
+        if covered and int(finding.severity) > f.rank:
+            f.predicted, f.detail, f.rank = cls, detail, int(finding.severity)
 
 
 def evaluate(folders: list[Path]) -> dict:

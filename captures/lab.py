@@ -129,7 +129,9 @@ def topology(tag: str | None = None) -> Iterator[Lab]:
 @contextlib.contextmanager
 def recording(lab: Lab, path: Path) -> Iterator[None]:
     """tcpdump on the sandbox bridge for the duration of the block."""
-    proc = lab.popen(lab.gw, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w", str(path), "-n",
+    # --immediate-mode: tcpdump 4.99 otherwise writes packets only when a 1 s buffer block closes, and the end of
+    # a scenario would be lost at random when it stops
+    proc = lab.popen(lab.gw, "tcpdump", "-i", "br0", "-U", "--immediate-mode", "-s", "0", "-w", str(path), "-n",
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # tcpdump says "listening on" when its socket is ready
     deadline = time.time() + 10
@@ -516,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
 import lab_mining  # noqa: E402,F401  (mining scenarios: registers them here, also when lab.py runs as the program)
 import lab_egress  # noqa: E402,F401  (egress-policy scenario, registered the same way)
+import lab_tunnels  # noqa: E402,F401  (DNS and ICMP tunnel scenarios and their benign counterparts)
 
 if __name__ == "__main__":
     sys.exit(main())

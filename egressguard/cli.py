@@ -12,8 +12,22 @@ import click
 from egressguard import __version__
 from egressguard.errors import EgressGuardError, ExitStatus
 
+_TOO_BIG = ("--capacity {capacity}: the flow table (about 1 KiB per flow) does not fit in memory. "
+            "Fix: give a smaller --capacity")
+MAX_TIMEOUT_S = 1e9  # flows.table.MAX_TIMEOUT_S, repeated: importing flows here would load numba for --help
 EXIT_CODES_HELP = """Exit codes: 0 nothing found, 1 findings reported, 2 usage error, 3 a capture could not be read,
 4 invalid rules file, 130 interrupted."""
+
+
+class Seconds(click.FloatRange):
+    """A duration option: a finite number of seconds in range (click's FloatRange lets NaN through)."""
+
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if value != value:
+            self.fail("NaN is not a number of seconds", param, ctx)
+        return value
 
 
 def _fail(message: str, status: ExitStatus) -> None:
@@ -37,11 +51,12 @@ def main() -> None:
               help="Most flows held at once; the oldest idle flow is evicted (and counted) beyond it.")
 @click.option("--payload-slots", type=click.IntRange(0, 1 << 28), default=None,
               help="Flows that may keep their first payload bytes at once [default: capacity/8].")
-@click.option("--tcp-idle", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
-              help="Seconds without packets after which a TCP flow ends.")
-@click.option("--idle", "other_idle", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Seconds without packets after which a UDP/ICMP/other flow ends.")
-@click.option("--active-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+@click.option("--tcp-idle", type=Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S), default=300.0,
+              show_default=True, help="Seconds without packets after which a TCP flow ends.")
+@click.option("--idle", "other_idle", type=Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S), default=60.0,
+              show_default=True, help="Seconds without packets after which a UDP/ICMP/other flow ends.")
+@click.option("--active-timeout", type=Seconds(min=0, max=MAX_TIMEOUT_S), default=3600.0,
+              show_default=True,
               help="Seconds after which a long flow is reported and continues in a new record (0: never).")
 @click.option("--detect/--no-detect", default=True, show_default=True,
               help="Run the detectors; --no-detect only aggregates flows (faster, no findings).")
@@ -70,11 +85,16 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     rules = _load_rules(rules_file) if detect else None
+    from egressguard.report.text import safe_text
+
     report = _make_report(fmt, with_flows)
     show_progress = sys.stderr.isatty() if progress is None else progress
     failures = 0
     try:
-        analyzer = Analyzer(settings, detectors=None if detect else [], rules=rules)
+        try:
+            analyzer = Analyzer(settings, detectors=None if detect else [], rules=rules)
+        except MemoryError:
+            _fail(_TOO_BIG.format(capacity=capacity), ExitStatus.USAGE)
         with _Progress(show_progress) as bar:
             for spec in captures:
                 try:
@@ -82,10 +102,10 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
                         report.handle(event)
                         if isinstance(event, CaptureDone):
                             for w in event.summary.warnings:
-                                bar.echo(f"egressguard: warning: {w}")
+                                bar.echo(f"egressguard: warning: {safe_text(w)}")
                 except EgressGuardError as exc:
                     failures += 1
-                    bar.echo(f"egressguard: error: {exc}")
+                    bar.echo(f"egressguard: error: {safe_text(str(exc))}")
         report.close()
     except KeyboardInterrupt:
         _fail("interrupted", ExitStatus.INTERRUPTED)
@@ -134,15 +154,21 @@ def rules_check(rules_file: str) -> None:
                    "in its environment; 'egressguard hook cut-port' cuts the sandbox's veth.")
 @click.option("--on-finding-severity", type=click.Choice(["low", "medium", "high", "critical"]), default="high",
               show_default=True, help="Least severity for which --on-finding runs.")
-@click.option("--suppress", type=click.FloatRange(min=0), default=600.0, show_default=True,
+@click.option("--suppress", type=Seconds(min=0, max=MAX_TIMEOUT_S), default=600.0, show_default=True,
               help="Seconds before the same finding is reported again (sooner when it gets worse).")
 @click.option("--capacity", type=click.IntRange(64, 1 << 28), default=1 << 18, show_default=True,
               help="Most flows held at once; the oldest idle flow is evicted (and counted) beyond it.")
+@click.option("--tcp-idle", type=Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S), default=300.0, show_default=True,
+              help="Seconds without packets after which a TCP flow ends.")
+@click.option("--idle", "other_idle", type=Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S), default=60.0,
+              show_default=True,
+              help="Seconds without packets after which a UDP/ICMP/other flow ends (DNS and ICMP tunnel findings "
+                   "come when their flows end).")
 @click.option("--user", default=None, metavar="USER",
               help="Drop root for this user once the capture sockets are open.")
 def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, dashboard: bool | None,
           alerts_file: str | None, on_finding: str | None, on_finding_severity: str, suppress: float, capacity: int,
-          user: str | None) -> None:
+          tcp_idle: float, other_idle: float, user: str | None) -> None:
     """Watch interfaces live: findings as they happen, per sandbox (needs root or CAP_NET_RAW)."""
     import signal
     import threading
@@ -166,20 +192,29 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
             raise click.BadParameter(f"{on_finding!r}: {exc}", param_hint="--on-finding") from None
     rules = ActiveRules(_load_rules(rules_file))
     show_dashboard = sys.stdout.isatty() if dashboard is None else dashboard
-    settings = WatchSettings(pipeline=Settings(flows=FlowSettings(capacity=capacity, payload_slots=capacity // 8)),
-                             suppress_s=suppress)
+    flows = FlowSettings(capacity=capacity, payload_slots=capacity // 8, tcp_idle_s=tcp_idle, other_idle_s=other_idle)
+    try:
+        flows.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = WatchSettings(pipeline=Settings(flows=flows), suppress_s=suppress)
     source = LiveCapture(list(interfaces), bpf=bpf)
+    stop = threading.Event()
+    hook = None
+    alerts = None
     try:
         source.open()
         alerts = AlertsFile(alerts_file) if alerts_file else None
+        monitor = LiveMonitor(source, rules, lambda record: emit(record), settings)
+        monitor.warm_up()  # compile/load every kernel and import every module while still root
         if user is not None:
             drop_privileges(user)
+    except MemoryError:
+        source.close()
+        _fail(_TOO_BIG.format(capacity=capacity), ExitStatus.USAGE)
     except EgressGuardError as exc:
         source.close()
         _fail(str(exc), exc.exit_status)
-    stop = threading.Event()
-    monitor: LiveMonitor | None = None
-    hook = None
 
     def emit(record: dict) -> None:
         if not show_dashboard:
@@ -197,7 +232,6 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
         if hook is not None:
             hook.offer(record)
 
-    monitor = LiveMonitor(source, rules, emit, settings)
     if argv is not None:
         def hook_report(outcome) -> None:
             monitor.note(outcome.message)

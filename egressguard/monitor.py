@@ -27,6 +27,7 @@ from egressguard.schema import (CaptureSummary, DestinationView, EndReason, Find
                                 SandboxView, Severity, proto_name)
 
 SEVERITY_OF = {s.label(): s for s in Severity}
+NEW_DESTINATIONS_PER_CALL = 5000  # flows a batch or round checks for a new destination (bounds work under floods)
 
 
 class LiveSource(Protocol):
@@ -118,6 +119,7 @@ class SandboxBook:
         self._seen: OrderedDict[tuple, None] = OrderedDict()  # (sandbox, dst, port, proto) already contacted
         self.recent: list[tuple[int, int, str, int, int, int]] = []  # (time, sandbox, dst text, dst, port, proto)
         self._recent_max = recent
+        self.untracked = 0  # flows not checked for a new destination (more than a round can look at)
 
     @staticmethod
     def _key(hi: int, lo: int) -> int:
@@ -133,25 +135,42 @@ class SandboxBook:
                                                                  int(rec["ip_version"])))
         return box
 
-    def add_flows(self, recs: np.ndarray, inside: np.ndarray, finished: bool) -> None:
-        """Count flows opened by sandboxes (`inside` marks rows whose originator is one)."""
-        if finished is False:
+    def add_flows(self, recs: np.ndarray, inside: np.ndarray, finished: bool, new_since_ns: int = 0) -> None:
+        """Count flows opened by sandboxes (`inside` marks rows whose originator is one): finished flows add to the
+        totals; a snapshot of open flows replaces the open counts. Grouped in numpy, so a flood costs one pass;
+        destinations are checked for novelty only for flows that started after `new_since_ns`, at most
+        NEW_DESTINATIONS_PER_CALL of them (the rest are counted in `untracked`)."""
+        if not finished:
             for box in self._sandboxes.values():
                 box.open_flows = box.open_bytes_out = 0
         rows = recs[inside]
         if not len(rows):
             return
-        keys = [self._key(int(h), int(l)) for h, l in zip(rows["orig_hi"], rows["orig_lo"])]
-        for key, rec in zip(keys, rows):
-            box = self._get(key, rec)
+        keys = np.stack([rows["orig_hi"], rows["orig_lo"]], axis=1)
+        uniq, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+        counts = np.bincount(group, minlength=len(uniq))
+        sent = np.bincount(group, weights=rows["orig_bytes"].astype(np.float64), minlength=len(uniq))
+        latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(latest, group, rows["last_seen_ns"].astype(np.int64))
+        for g, (hi, lo) in enumerate(uniq.tolist()):
+            rec = rows[first[g]]
+            box = self._get(self._key(hi, lo), rec)
             if finished:
-                box.flows += 1
-                box.bytes_out += int(rec["orig_bytes"])
+                box.flows += int(counts[g])
+                box.bytes_out += int(sent[g])
             else:
-                box.open_flows += 1
-                box.open_bytes_out += int(rec["orig_bytes"])
+                box.open_flows += int(counts[g])
+                box.open_bytes_out += int(sent[g])
             box.mac = int(rec["orig_mac"]) or box.mac
-            box.last_active_ns = max(box.last_active_ns, int(rec["last_seen_ns"]))
+            box.last_active_ns = max(box.last_active_ns, int(latest[g]))
+        fresh = np.flatnonzero(rows["first_seen_ns"] >= new_since_ns) if not finished else np.arange(len(rows))
+        if len(fresh) > NEW_DESTINATIONS_PER_CALL:
+            self.untracked += len(fresh) - NEW_DESTINATIONS_PER_CALL
+            fresh = fresh[:NEW_DESTINATIONS_PER_CALL]
+        for i in fresh.tolist():
+            rec = rows[i]
+            key = self._key(int(rec["orig_hi"]), int(rec["orig_lo"]))
             dest = (key, int(rec["resp_hi"]), int(rec["resp_lo"]), int(rec["resp_port"]), int(rec["proto"]))
             if dest in self._seen:
                 self._seen.move_to_end(dest)
@@ -159,7 +178,9 @@ class SandboxBook:
             self._seen[dest] = None
             if len(self._seen) > self.max_destinations:
                 self._seen.popitem(last=False)
-            box.destinations += 1
+            box = self._sandboxes.get(key)
+            if box is not None:
+                box.destinations += 1
             text = format_address(int(rec["resp_hi"]), int(rec["resp_lo"]), int(rec["ip_version"]))
             self.recent.append((int(rec["first_seen_ns"]), key, text, (dest[1] << 64) | dest[2], dest[3], dest[4]))
         if len(self.recent) > 4 * self._recent_max:
@@ -253,6 +274,7 @@ class LiveMonitor:
         self._active = 0
         self._finished = 0
         self._reload = threading.Event()
+        self._last_round_ns = 0
         self.done = False
         self._refresh_view()
 
@@ -277,6 +299,28 @@ class LiveMonitor:
         keep no memory between rounds (the gate drops what was already said)."""
         return [DnsObserver(self.binding)] + [self._make(cls) for cls in DETECTORS.values()
                                               if _judges_open_flows(cls)]
+
+    def warm_up(self) -> None:
+        """Run every stage once on a few made-up frames with throwaway state: numba kernels are compiled or loaded
+        from the cache and lazily imported modules are loaded now (before `watch --user` drops root, after which
+        neither the cache nor root-only module paths may be readable)."""
+        buf, frames = _warm_up_frames()
+        table = FlowTable(replace(self.settings.pipeline.flows, capacity=64, payload_slots=8))
+        packets = Decoder().decode_batch(buf, frames)
+        for _ in table.update(packets, buf):
+            pass
+        snap = table.snapshot()
+        detectors = [DnsObserver(DnsBinding())] + [self._make(cls) for cls in DETECTORS.values()]
+        for det in detectors:  # fresh instances: their state is thrown away
+            if hasattr(det, "binding") and det.binding is self.binding:
+                det.binding = DnsBinding()
+        run_detectors(detectors, snap, "warm-up")
+        for _ in table.expire(int(frames["ts_ns"].max()) + (1 << 62)):
+            pass
+        for batch in table.flush(EndReason.END_OF_INPUT):
+            run_detectors(detectors, batch, "warm-up")
+        finish_detectors(detectors, "warm-up")
+        self._refresh_view()
 
     # ---- operator actions
     def reload_rules(self) -> str:
@@ -346,17 +390,22 @@ class LiveMonitor:
             self.book.add_flows(recs, self.rules.current.inside(recs["orig_hi"], recs["orig_lo"]), finished=True)
 
     def _judge_open_flows(self) -> None:
+        """Judge the open flows that saw packets since the last round (a flow that did not change has no new
+        evidence); the per-sandbox open counts come from all of them."""
         snap = self.table.snapshot()
         recs = snap.records
         self._active = len(recs)
         inside = self.rules.current.inside(recs["orig_hi"], recs["orig_lo"]) if len(recs) else np.zeros(0, bool)
-        self.book.add_flows(recs, inside, finished=False)
-        if not len(recs):
+        self.book.add_flows(recs, inside, finished=False, new_since_ns=self._last_round_ns)
+        changed = recs["last_seen_ns"] >= self._last_round_ns
+        self._last_round_ns = int(recs["last_seen_ns"].max()) + 1 if len(recs) else self._last_round_ns
+        if not changed.any():
             return
+        batch = snap if changed.all() else FlowBatch(recs[changed], self.table, releasable=False)
         detectors = self._round_detectors()
-        result = run_detectors(detectors, snap, self.name)
+        result = run_detectors(detectors, batch, self.name)
         result.extend(finish_detectors(detectors, self.name))
-        self._report(result, snap)
+        self._report(result, batch)
 
     def _report(self, result: BatchResult, batch: FlowBatch | None = None) -> None:
         if not result.findings:
@@ -464,6 +513,39 @@ class LiveMonitor:
             first_ns=d.count("first_ns"), last_ns=d.count("last_ns"), link_types=frozenset(),
             evictions=self.table.evictions, slot_denied=self.table.slot_denied, complete=True,
             warnings=tuple(self.messages))
+
+
+def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:
+    """Ethernet frames for warm_up: a TCP handshake and an SSH banner each way, a DNS query and its answer."""
+    import struct
+
+    from egressguard.schema import FRAME_DTYPE
+
+    def ipv4(proto: int, src: bytes, dst: bytes, l4: bytes) -> bytes:
+        head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0, src, dst)
+        return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + head + l4
+
+    def tcp(sport: int, dport: int, flags: int, seq: int, data: bytes = b"") -> bytes:
+        return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 65535, 0, 0) + data
+
+    def udp(sport: int, dport: int, data: bytes) -> bytes:
+        return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+
+    a, b = bytes([10, 0, 0, 2]), bytes([192, 0, 2, 1])
+    question = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+    answer = (b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+              b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04" + b)
+    raw = [ipv4(6, a, b, tcp(40000, 22, 0x02, 1)), ipv4(6, b, a, tcp(22, 40000, 0x12, 9)),
+           ipv4(6, a, b, tcp(40000, 22, 0x18, 2, b"SSH-2.0-OpenSSH_9.2\r\n")),
+           ipv4(6, b, a, tcp(22, 40000, 0x18, 10, b"SSH-2.0-OpenSSH_9.2\r\n")),
+           ipv4(17, a, b, udp(40001, 53, question)), ipv4(17, b, a, udp(53, 40001, answer))]
+    buf = np.frombuffer(b"".join(raw), np.uint8).copy()
+    frames = np.zeros(len(raw), FRAME_DTYPE)
+    frames["offset"] = np.cumsum([0] + [len(r) for r in raw[:-1]])
+    frames["caplen"] = frames["wirelen"] = [len(r) for r in raw]
+    frames["ts_ns"] = time.time_ns() + np.arange(len(raw)) * 1000
+    frames["linktype"] = 1
+    return buf, frames
 
 
 def _is_bridge(name: str) -> bool:

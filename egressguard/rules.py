@@ -45,11 +45,16 @@ def load_rules(path: str | Path | None = None) -> Allowlist:
     Raises:
         RulesError: the file is missing, not TOML, or breaks a rule of the format (one message, with the fix).
     """
+    if path is not None and not str(path):  # Path("") would read as "." and report a directory
+        raise RulesError("''", "an empty path names no rules file",
+                         fix="give the path of a rules file (see rules/README.md)")
     path = Path(path) if path is not None else DEFAULT_RULES
     shown = str(path) if path != DEFAULT_RULES else "rules/default.toml"
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")
+        # a byte-order mark (Windows editors write one) is not TOML, but it says nothing: read past it
+        text = text[1:] if text.startswith("\ufeff") else text
     except FileNotFoundError:
         raise RulesError(shown, "no such file", fix="give the path of a rules file (see rules/README.md)") from None
     except IsADirectoryError:
@@ -77,6 +82,10 @@ def parse_rules(text: str, name: str = "<rules>", base_dir: Path | None = None,
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise syntax.syntax_error(name, text, exc) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise RulesError(name, "values are nested too deeply to read (hundreds of [ or { inside each other)",
+                         fix="a rules file needs only tables, lists, strings and numbers (see rules/README.md)"
+                         ) from None
     ctx = Context(name, text, base_dir or Path.cwd(), syntax.entry_lines(text), deps if deps is not None else [])
     ctx.unknown_keys((), doc, TOP_KEYS)
     version = doc.get("version", SCHEMA_VERSION)

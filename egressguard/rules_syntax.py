@@ -290,7 +290,8 @@ def read_list(ctx: Context, path: tuple, raw: object) -> tuple[str, list[tuple[i
     try:
         text = target.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problem = "no such file" if isinstance(exc, FileNotFoundError) else "cannot be read as UTF-8 text"
+        problem = ("no such file" if isinstance(exc, FileNotFoundError) else
+                   "is a directory" if isinstance(exc, IsADirectoryError) else "cannot be read as UTF-8 text")
         ctx.fail(path, raw, f"{problem} ({target})", "give a path relative to the rules file, one item per line")
     items = []
     for no, line in enumerate(text.splitlines(), 1):

@@ -14,7 +14,8 @@ from conftest import LAB_CAPTURES, REPO
 sys.path.insert(0, str(LAB_CAPTURES))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-needs = [t for t in ("ip", "tcpdump", "ssh", "ssh-keygen", "autossh", "scp") if shutil.which(t) is None]
+needs = [t for t in ("ip", "tcpdump", "ssh", "ssh-keygen", "autossh", "scp", "iodine", "iodined", "dns2tcpc", "dns2tcpd",
+                     "ptunnel-ng", "traceroute") if shutil.which(t) is None]
 if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
     needs.append("sshd")
 pytestmark = [

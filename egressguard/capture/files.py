@@ -43,6 +43,8 @@ UNSUPPORTED_MAGICS = {
 }
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 MAX_INTERFACES = 65535
+# if_tsoffset beyond this many seconds (~136 years) is corruption: a timestamp with it no longer fits int64 ns
+MAX_TS_OFFSET_S = 1 << 32
 # 4 MiB windows: two stay in a 32 MiB L3 cache while the reader thread fills the next (see stream_through_cache)
 DEFAULT_CHUNK_BYTES = 4 << 20
 BUFFER_RING = 3  # buffers in rotation: one being filled, one handed over, one being analysed (see prefetched)
@@ -579,6 +581,10 @@ class _PcapngSection:
                 else:
                     self.ts_mul[i], self.ts_div[i] = 1, 10 ** min(res - 9, 18)
             elif code == 14 and length >= 8:  # if_tsoffset: seconds added to every timestamp
-                self.ts_offset_ns[i] = struct.unpack(endian + "q", value[:8])[0] * 1_000_000_000
+                (seconds,) = struct.unpack(endian + "q", value[:8])
+                if abs(seconds) > MAX_TS_OFFSET_S:  # in nanoseconds it would not fit the int64 timestamps
+                    self.warnings.append(f"interface {i} has an impossible if_tsoffset of {seconds} s; ignored")
+                else:
+                    self.ts_offset_ns[i] = seconds * 1_000_000_000
             off += 4 + ((length + 3) & ~3)
         self.n_ifaces = i + 1

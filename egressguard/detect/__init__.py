@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from egressguard.detect.base import BatchResult, Detector
 from egressguard.detect.dns_binding import DnsBinding, DnsObserver
+from egressguard.detect.dns_tunnel import DnsTunnelDetector
 from egressguard.detect.egress import UnexpectedDestinationDetector
+from egressguard.detect.icmp_tunnel import IcmpTunnelDetector
 from egressguard.detect.mining import MiningDetector
 from egressguard.detect.ssh_tunnel import SshTunnelDetector
 from egressguard.flows import FlowBatch
@@ -12,6 +14,8 @@ DETECTORS: dict[str, type] = {
     SshTunnelDetector.name: SshTunnelDetector,
     MiningDetector.name: MiningDetector,
     UnexpectedDestinationDetector.name: UnexpectedDestinationDetector,
+    DnsTunnelDetector.name: DnsTunnelDetector,
+    IcmpTunnelDetector.name: IcmpTunnelDetector,
 }
 
 

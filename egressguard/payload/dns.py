@@ -88,3 +88,109 @@ def parse_tcp_stream(stream: bytes) -> list[DnsMessage]:
             out.append(msg)
         pos += 2 + n
     return out
+
+
+# ------------------------------------------------------------------------------------------------ tunnel view
+# What the DNS tunnel detector reads from every kept message. Tunnels put bytes that are no text into names (iodine's
+# raw and base128 labels), which dpkt refuses to decode: this reader walks the wire format itself (RFC 1035 4.1,
+# compression 4.1.4, EDNS(0) OPT RFC 6891 6.1.2) and keeps the question name as raw labels, case and all.
+OPT = 41
+MAX_POINTERS = 16  # compression pointers followed per name (a loop guard)
+
+
+@dataclass(frozen=True)
+class DnsSummary:
+    """One message as the tunnel detector sees it: raw question labels, types, sizes and the EDNS UDP size.
+
+    `answer_types` and `answer_bytes` cover the answer records that were read completely (a kept message may be cut).
+    """
+
+    is_response: bool
+    rcode: int
+    qname: tuple[bytes, ...]  # labels of the first question, as sent (no case folding, no decoding)
+    qtype: int
+    answer_types: tuple[int, ...]
+    answer_bytes: int  # RDATA bytes of those answers
+    edns_size: int  # requestor's UDP payload size from an OPT record, 0 without one
+    size: int  # bytes of the message
+
+
+def _read_name(data: bytes, pos: int) -> tuple[tuple[bytes, ...], int] | None:
+    """(labels, position after the name) or None when the name runs off the data or loops."""
+    labels: list[bytes] = []
+    end, jumps, total = -1, 0, 0
+    while pos < len(data):
+        n = data[pos]
+        if n == 0:
+            return tuple(labels), (end if end >= 0 else pos + 1)
+        if n & 0xC0 == 0xC0:
+            if pos + 1 >= len(data) or jumps >= MAX_POINTERS:
+                return None
+            if end < 0:
+                end = pos + 2
+            pos, jumps = ((n & 0x3F) << 8) | data[pos + 1], jumps + 1
+            continue
+        if n & 0xC0 or pos + 1 + n > len(data):
+            return None
+        labels.append(data[pos + 1:pos + 1 + n])
+        total += n + 1
+        if total > MAX_NAME:
+            return None
+        pos += 1 + n
+    return None
+
+
+def summarize_message(data: bytes) -> DnsSummary | None:
+    """The tunnel view of one DNS message, or None when `data` is not one (never raises)."""
+    if len(data) < 12:
+        return None
+    ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", data)
+    if qd == 0 or flags & 0x7800:  # no question, or an opcode other than QUERY (RFC 1035 4.1.1)
+        return None
+    read = _read_name(data, 12)
+    if read is None or read[1] + 4 > len(data):
+        return None
+    qname, pos = read
+    qtype = struct.unpack_from("!H", data, pos)[0]
+    pos += 4
+    for _ in range(qd - 1):
+        read = _read_name(data, pos)
+        if read is None:
+            break
+        pos = read[1] + 4
+    types, rdata_bytes, edns = [], 0, 0
+    for index in range(an + ns + ar):
+        read = _read_name(data, pos)
+        if read is None or read[1] + 10 > len(data):
+            break
+        rtype, rclass, _ttl, rdlength = struct.unpack_from("!HHIH", data, read[1])
+        pos = read[1] + 10 + rdlength
+        if pos > len(data):
+            break
+        if index < an:
+            types.append(rtype)
+            rdata_bytes += rdlength
+        elif rtype == OPT and index >= an + ns:
+            edns = rclass  # OPT's CLASS field is the requestor's UDP payload size
+    return DnsSummary(bool(flags & 0x8000), flags & 0xF, qname, qtype, tuple(types), rdata_bytes, edns, len(data))
+
+
+def summarize_tcp_stream(stream: bytes) -> list[DnsSummary]:
+    """The tunnel view of DNS over TCP: length-prefixed messages (RFC 1035 4.2.2), as far as the kept bytes go."""
+    out, pos = [], 0
+    while pos + 2 <= len(stream):
+        (n,) = struct.unpack_from("!H", stream, pos)
+        if n == 0 or pos + 2 + n > len(stream):
+            break
+        summary = summarize_message(stream[pos + 2:pos + 2 + n])
+        if summary is not None:
+            out.append(summary)
+        pos += 2 + n
+    return out
+
+
+def name_text(labels: tuple[bytes, ...], limit: int = MAX_NAME) -> str:
+    """A name for evidence: labels joined by dots, bytes outside printable ASCII as \\xNN, cut to `limit` chars."""
+    text = ".".join(label.decode("ascii", "backslashreplace") for label in labels)
+    text = "".join(c if " " < c < "\x7f" else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

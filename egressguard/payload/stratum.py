@@ -24,6 +24,10 @@ MAX_TEXT = 64  # login, agent, pool host ... are cut to this many characters
 MAX_WORKER = 32
 MAX_METHODS = 24  # distinct methods reported per flow
 MAX_DEPTH = 64  # nesting followed when recovering a cut-off last object
+# Malformed JSON lines retried before a direction is given up: a line that opens a value only the end of the input could
+# close (strict=False lets strings run over newlines) makes each retry rescan the rest, so unbounded retries cost
+# O(n^2) (0.3 s for 64 KiB of '["' lines). A mining conversation never needs this many junk lines first.
+MAX_JUNK_LINES = 64
 
 def _int(text: str) -> int | None:
     """JSON integers; absurdly long ones (which Python refuses to convert) become None instead of failing the line."""
@@ -85,7 +89,8 @@ def json_messages(stream: bytes | str, limit: int = MAX_MESSAGES) -> JsonStream:
     text = _text(stream) if isinstance(stream, (bytes, bytearray)) else stream[:MAX_STREAM]
     out = JsonStream()
     pos, n = 0, len(text)
-    while pos < n and len(out.messages) < limit:
+    failures = 0
+    while pos < n and len(out.messages) < limit and failures < MAX_JUNK_LINES:
         while pos < n and text[pos] in _WS:
             pos += 1
         if pos >= n:
@@ -102,6 +107,7 @@ def json_messages(stream: bytes | str, limit: int = MAX_MESSAGES) -> JsonStream:
         except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; so are over-long integers
             nl = text.find("\n", pos)
             if nl >= 0:  # a malformed line: skip it
+                failures += 1
                 out.other_lines += 1
                 pos = nl + 1
                 continue

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TextIO
 
 from egressguard.pipeline import CaptureDone, Event, FlowsReady
@@ -9,8 +10,31 @@ from egressguard.report.records import finding_record, flow_record, summary_reco
 
 
 def dumps(record: dict[str, Any]) -> str:
-    """One JSONL line (without newline); non-ASCII and control characters are escaped by json itself."""
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    """One JSONL line (without newline); non-ASCII and control characters are escaped by json itself.
+
+    A lone surrogate (a JSON-RPC login sent as "\\ud800" comes back from the JSON parser as one) would be written
+    as a lone \\ud800 escape, which strict JSON readers reject and no UTF-8 decoder can represent: such strings are
+    written with the surrogate spelled out as text instead. Only lines that contain a \\ud escape are checked.
+    """
+    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    if "\\ud" in line:
+        line = json.dumps(_without_lone_surrogates(record), ensure_ascii=True, separators=(",", ":"),
+                          allow_nan=False)
+    return line
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, only a lone surrogate can be one
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """The record with each lone surrogate in its strings written out as the six characters \\udXXX."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 class JsonlReport:

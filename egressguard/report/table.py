@@ -14,6 +14,7 @@ from egressguard.report.records import finding_record, flow_record, summary_reco
 from egressguard.report.text import safe_markup
 
 TOP_FLOWS = 10
+MAX_PATH_TEXT = 1000  # characters of a capture name shown (PATH_MAX is 4096)
 
 
 def _human_bytes(n: float) -> str:
@@ -42,7 +43,8 @@ def render_summary(summary: dict[str, Any]) -> Table:
     t = Table(show_header=False, title_justify="left")
     t.add_column("what", style="bold", no_wrap=True)
     t.add_column("value", overflow="fold")
-    t.add_row("capture", escape(summary["capture"]))
+    # a file name is the user's, but may have been chosen by whoever wrote the capture: shown as safely as wire text
+    t.add_row("capture", safe_markup(summary["capture"], MAX_PATH_TEXT))
     fmt = summary["format"] + (f" ({summary['compression']})" if summary["compression"] else "")
     t.add_row("format", escape(fmt))
     t.add_row("packets", f"{summary['packets']:,}")
@@ -58,7 +60,7 @@ def render_summary(summary: dict[str, Any]) -> Table:
     if not summary["file_complete"]:
         t.add_row("[red]complete[/red]", "[red]no: reading stopped early[/red]")
     for w in summary["warnings"]:
-        t.add_row("[yellow]warning[/yellow]", escape(w))
+        t.add_row("[yellow]warning[/yellow]", safe_markup(w, MAX_PATH_TEXT + 200))
     return t
 
 
