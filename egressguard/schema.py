@@ -108,6 +108,22 @@ FLOW_FIELDS = (
 ) + tuple(("orig_" + n, k, "originator: " + d) for n, k, d in _DIRECTION_FIELDS) + tuple(
     ("resp_" + n, k, "responder: " + d) for n, k, d in _DIRECTION_FIELDS
 )
+# Bursts over the flow's whole life (flows/conversation.py update_bursts): runs of payload packets, either side,
+# separated by >= 1 s without payload. Beacons and C2 polling inside one long connection show as regular bursts.
+BURST_INTERVAL_BINS = 24  # bin k >= 1 starts at 2^(k/2) s (detection-science 4.3); bin 23 holds 2896 s and longer
+FLOW_FIELDS += (
+    ("burst_count", "u4", "bursts of payload packets (either side) separated by >= 1 s without payload"),
+    ("burst_start_ms", "u4", "start of the latest burst, ms after first_seen_ns (saturating)"),
+    ("burst_last_ms", "u4", "last payload packet, ms after first_seen_ns (saturating)"),
+    ("burst_open_bytes", "u4", "payload bytes of the latest burst, which is still open (saturating)"),
+    ("burst_interval_mean", "f4", "mean seconds between consecutive burst starts (Welford)"),
+    ("burst_interval_m2", "f4", "sum of squared deviations of those intervals (Welford M2)"),
+    ("burst_bytes_mean", "f4", "mean payload bytes of the closed bursts (Welford)"),
+    ("burst_bytes_m2", "f4", "sum of squared deviations of closed-burst bytes (Welford M2)"),
+    ("burst_interval_hist", f"({BURST_INTERVAL_BINS},)u1",
+     "intervals between burst starts: bin 0 below 2^(1/2) s, bin k from 2^(k/2) s; all bins halve when one would "
+     "pass 255, so the shape (quantiles) survives long flows"),
+)
 FLOW_DTYPE = _dtype(FLOW_FIELDS)
 
 

@@ -26,6 +26,10 @@ egressguard/flows/kernels.py, written as directly as possible:
   (+size orig / -size resp, microseconds since first_seen), even when none of its bytes were captured; this
   needs a payload slot, taken at the first such packet; when none is free the flow gets SLOT_DENIED (counted
   once) and never keeps payload;
+* every fresh payload packet (with or without a slot) counts in the flow's bursts: times in whole ms after
+  first_seen (clipped to 0 .. 2^32-1); a packet >= 1000 ms after the last payload packet closes the open burst
+  (bytes -> burst-size Welford; interval since the previous start -> interval Welford and log histogram, whose
+  bins all halve when one would pass 255) and opens a new one; Welford states are float32, rounded after each step;
 * emitted records keep their slot until the batch that carries them is released: at the end of each update(), or
   when the output buffer of ``out_size`` records cannot take two more records (the kernel returns early);
 * expire(now) emits, in index order, every record idle for longer than its timeout at `now` (the kernel may do this
@@ -48,6 +52,10 @@ FLOW_FIELDS = FLOW_DTYPE.names
 DIRECTION_FIELDS = ("pkts", "bytes", "payload_bytes", "payload_pkts", "bare_acks", "retransmits", "tcp_flags",
                     "payload_min", "payload_max", "payload_mean", "payload_m2", "iat_mean", "iat_m2", "last_ns",
                     "next_seq")
+BURST_GAP_MS = 1000
+BURST_BINS = FLOW_DTYPE["burst_interval_hist"].shape[0]
+# left edges (ms) of interval bins 1.. : 2^(k/2) s rounded to the ms
+BURST_EDGES_MS = [round(1000 * 2 ** (k / 2)) for k in range(1, BURST_BINS)]
 FLOAT_FIELDS = tuple(n for n in FLOW_FIELDS if FLOW_DTYPE[n].kind == "f")
 INT_FIELDS = tuple(n for n in FLOW_FIELDS if FLOW_DTYPE[n].kind != "f")
 
@@ -118,7 +126,7 @@ class NaiveFlowTable:
     ``kept_lengths`` (two lists of L4 payload lengths) and ``early_sequence`` (list of (signed size, dt_us)).
     """
 
-    def __init__(self, settings, out_size: int = 1 << 15):
+    def __init__(self, settings, out_size: int = 1 << 14):
         self.s = settings
         self.out_cap = max(out_size, 2)
         self.tcp_idle = int(settings.tcp_idle_s * 1e9)
@@ -150,6 +158,7 @@ class NaiveFlowTable:
         rec = {n: 0 for n in FLOW_FIELDS}
         for n in FLOAT_FIELDS:
             rec[n] = 0.0
+        rec["burst_interval_hist"] = [0] * BURST_BINS
         s, d = ("src", "dst") if orig_is_src else ("dst", "src")
         rec.update(
             key_hash=key_hash(p["src_hi"], p["src_lo"], p["dst_hi"], p["dst_lo"], p["sport"], p["dport"], p["proto"]),
@@ -176,6 +185,7 @@ class NaiveFlowTable:
         del self.by_key[f.key]
         self.free.append(ridx)
         rec = dict(f.rec)
+        rec["burst_interval_hist"] = tuple(rec["burst_interval_hist"])
         rec["end_reason"] = reason
         rec["slot"] = f.slot
         self._attach_payload(rec, f)
@@ -342,8 +352,39 @@ class NaiveFlowTable:
         rec["last_seen_ns"] = max(rec["last_seen_ns"], ts)
         if p["status"] & 8:  # PacketStatus.FRAGMENT
             rec["fragments"] += 1
-        if self._stats(rec, d, p) and self.s.payload_slots > 0:
-            self._keep(f, d, p, buf)
+        if self._stats(rec, d, p):
+            self._bursts(rec, p["payload_bytes"], p["ts_ns"])
+            if self.s.payload_slots > 0:
+                self._keep(f, d, p, buf)
+
+    @staticmethod
+    def _bursts(rec: dict, size: int, ts: int) -> None:
+        """One fresh payload packet in the record's bursts (update_bursts in flows/conversation.py)."""
+        f32 = lambda v: float(np.float32(v))  # noqa: E731 - the kernel stores float32 after every step
+        t_ms = min(max((ts - rec["first_seen_ns"]) // 1_000_000, 0), 0xFFFFFFFF)
+        n = rec["burst_count"]
+        if n > 0 and t_ms - rec["burst_last_ms"] < BURST_GAP_MS:
+            rec["burst_open_bytes"] = min(rec["burst_open_bytes"] + size, 0xFFFFFFFF)
+            rec["burst_last_ms"] = max(rec["burst_last_ms"], t_ms)
+            return
+        if n > 0:
+            b = float(rec["burst_open_bytes"])
+            delta = b - rec["burst_bytes_mean"]
+            rec["burst_bytes_mean"] = f32(rec["burst_bytes_mean"] + delta / n)
+            rec["burst_bytes_m2"] = f32(rec["burst_bytes_m2"] + delta * (b - rec["burst_bytes_mean"]))
+            gap_ms = t_ms - rec["burst_start_ms"]
+            x = gap_ms / 1000.0
+            delta = x - rec["burst_interval_mean"]
+            rec["burst_interval_mean"] = f32(rec["burst_interval_mean"] + delta / n)
+            rec["burst_interval_m2"] = f32(rec["burst_interval_m2"] + delta * (x - rec["burst_interval_mean"]))
+            k = sum(1 for edge in BURST_EDGES_MS if gap_ms >= edge)
+            hist = rec["burst_interval_hist"]
+            if hist[k] >= 255:
+                hist[:] = [v // 2 for v in hist]
+            hist[k] += 1
+        rec["burst_count"] = min(n + 1, 0xFFFFFFFF)
+        rec["burst_start_ms"] = rec["burst_last_ms"] = t_ms
+        rec["burst_open_bytes"] = min(size, 0xFFFFFFFF)
 
     @staticmethod
     def _closed(rec) -> bool:
@@ -376,6 +417,7 @@ class NaiveFlowTable:
         out = []
         for _, f in self.live_flows():
             rec = dict(f.rec)
+            rec["burst_interval_hist"] = tuple(rec["burst_interval_hist"])
             rec["end_reason"] = ACTIVE
             rec["slot"] = f.slot
             self._attach_payload(rec, f)
@@ -383,7 +425,7 @@ class NaiveFlowTable:
         return out
 
 
-def naive_flows(chunks, settings, out_size: int = 1 << 15, expire: bool = True) -> tuple[list[dict], NaiveFlowTable]:
+def naive_flows(chunks, settings, out_size: int = 1 << 14, expire: bool = True) -> tuple[list[dict], NaiveFlowTable]:
     """Run the reference over chunks of (PACKET array, payload buffer) as the pipeline does: update each chunk, then
     (if `expire`) expire at the chunk's latest timestamp, and flush at the end. Returns (records, table)."""
     table = NaiveFlowTable(settings, out_size)

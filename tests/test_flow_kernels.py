@@ -68,9 +68,24 @@ _FIELDS = FLOW_DTYPE.names
 
 def _value(i: int, name: str):
     kind = FLOW_DTYPE[name]
+    if kind.subdtype is not None:  # an array field: element j gets value + j
+        kind = kind.subdtype[0]
     if kind.kind == "f":
         return i + 0.25
     return (i * 7 + 3) % (1 << min(8 * kind.itemsize - 1, 31))
+
+
+def _expected(i: int, name: str):
+    shape = FLOW_DTYPE[name].shape
+    return _value(i, name) + np.arange(shape[0]) if shape else _value(i, name)
+
+
+def _write_lines(i: int, name: str) -> str:
+    """Source lines setting field `name` of record r: scalars directly, array fields element by element."""
+    shape = FLOW_DTYPE[name].shape
+    if not shape:
+        return f"    r.{name} = {_value(i, name)!r}\n"
+    return "".join(f"    r.{name}[{j}] = {_value(i, name) + j!r}\n" for j in range(shape[0]))
 
 
 def _writer():
@@ -78,9 +93,9 @@ def _writer():
     passed to another njit function), copying the whole record to out[k] and changing it there via `out[k].field`."""
     half = len(_FIELDS) // 2
     rest_src = "def write_rest(r):\n" + "".join(
-        f"    r.{name} = {_value(i, name)!r}\n" for i, name in enumerate(_FIELDS) if i >= half)
+        _write_lines(i, name) for i, name in enumerate(_FIELDS) if i >= half)
     main_src = "def write(a, out, k):\n    r = a[k]\n" + "".join(
-        f"    r.{name} = {_value(i, name)!r}\n" for i, name in enumerate(_FIELDS) if i < half) + (
+        _write_lines(i, name) for i, name in enumerate(_FIELDS) if i < half) + (
         "    write_rest(a[k])\n"
         "    out[k] = a[k]\n"
         f"    out[k].{_FIELDS[0]} = out[k].{_FIELDS[0]} + 1\n")
@@ -96,10 +111,10 @@ def test_numba_record_field_writes_reach_the_array():
     a, out = rec(np.zeros(3, FLOW_DTYPE)), rec(np.zeros(3, FLOW_DTYPE))
     write(a, out, 1)
     for i, name in enumerate(_FIELDS):
-        assert a[name][1] == _value(i, name), name
-        assert a[name][0] == 0 and a[name][2] == 0, name
-        assert out[name][1] == _value(i, name) + (1 if i == 0 else 0), name
-    assert not out[0].tolist() == out[1].tolist()
+        assert np.all(a[name][1] == _expected(i, name)), name
+        assert not np.any(a[name][0]) and not np.any(a[name][2]), name
+        assert np.all(out[name][1] == _expected(i, name) + (1 if i == 0 else 0)), name
+    assert rows_of(out[:1]) != rows_of(out[1:2])
 
 
 def test_kernel_writes_reach_the_table_records():
@@ -374,13 +389,18 @@ def test_sweep_emits_exactly_the_idle_ones():
     assert table.live == 0 and emitted == len(expect)
 
 
+def rows_of(records: np.ndarray) -> list[tuple]:
+    """FLOW records as comparable tuples (array fields such as burst_interval_hist become tuples too)."""
+    return [tuple(tuple(v.tolist()) if isinstance(v, np.ndarray) else v for v in r) for r in records.tolist()]
+
+
 def _emit_all(kernel, t, out: np.ndarray, *args) -> tuple[list, int]:
     """Call a resumable kernel until it reports completion; (emitted records as tuples, calls)."""
     got, calls = [], 0
     while True:
         res = kernel(t, *args, out)
         n, finished = res if isinstance(res, tuple) else (res, res == 0)
-        got += [tuple(r) for r in out[:n].tolist()]
+        got += rows_of(out[:n])
         calls += 1
         assert calls < 1000
         if finished:
@@ -413,7 +433,7 @@ def test_sweep_and_flush_resume_when_out_is_tiny():
     feed(b, rows)
     small_batches = [x.records.copy() for x in a.expire(now)]
     assert len(small_batches) >= n_idle // 2
-    assert np.concatenate(small_batches).tolist() == np.concatenate([x.records.copy() for x in b.expire(now)]).tolist()
+    assert rows_of(np.concatenate(small_batches)) == rows_of(np.concatenate([x.records.copy() for x in b.expire(now)]))
     _same_state(a, b)
     # flush: each call starts over at index 0; the records that are left come out in index order either way
     order = live_origs(tiny)
@@ -437,12 +457,12 @@ def test_eviction_scan_resumes_with_the_same_threshold():
     assert tiny.live == 32
     one, big = rec(np.zeros(1, FLOW_DTYPE)), rec(np.zeros(64, FLOW_DTYPE))
     n = kernels._evict_oldest(large.t, big, 0)
-    want = [tuple(r) for r in big[:n].tolist()]
+    want = rows_of(big[:n])
     assert sorted(int(x) - V4 for x in big[:n].orig_lo) == [11, 13, 15]  # the three tied at 1 s
     got = []
     while True:
         n = kernels._evict_oldest(tiny.t, one, 0)
-        got += [tuple(r) for r in one[:n].tolist()]
+        got += rows_of(one[:n])
         if int(tiny.t.meta[kernels.M_EVICT_POS]) < 0:
             break
         assert int(tiny.t.meta[kernels.M_EVICT_BEFORE]) == T0 + SEC
@@ -578,3 +598,63 @@ def test_kernels_compile_once_per_type():
         for _ in table.update(make_packets([udp(0, 1, 2)]), buf):
             pass
     assert len(kernels.update_table.signatures) == max(before, 1)
+
+
+# ---------------------------------------------------------------- bursts (flows/conversation.py update_bursts)
+
+def _burst_flow(starts_s: list[float], sizes: list[int], settings: FlowSettings | None = None) -> np.recarray:
+    """One UDP flow whose bursts start at starts_s, each of two packets (size and 10 B back, 0.2 s apart); returns
+    its live record (the table is not flushed: the last burst stays open)."""
+    table = make_table(settings or FlowSettings(capacity=4, payload_slots=1, keep_bytes=16, active_s=0.0,
+                                                other_idle_s=1e6))
+    rows = []
+    for t, size in zip(starts_s, sizes):
+        rows += [udp(t, 1, 2, dport=9000, pl=size), udp(t + 0.2, 2, 1, sport=9000, dport=1000, pl=10)]
+    assert feed(table, rows) == []
+    return live_records(table)[0]
+
+
+def test_bursts_of_a_periodic_flow_are_counted_with_their_intervals():
+    r = _burst_flow([0, 30, 60.5, 90, 120], [100, 100, 300, 100, 100])
+    # 5 bursts; intervals 30, 30.5, 29.5, 30 s (bin 9: [2^4.5, 2^5) s = [22.6, 32) s); closed bursts 110/110/310/110
+    assert (r.burst_count, r.burst_start_ms, r.burst_last_ms, r.burst_open_bytes) == (5, 120_000, 120_200, 110)
+    assert r.burst_interval_mean == pytest.approx(30.0, abs=1e-5)
+    assert r.burst_interval_m2 == pytest.approx(0.5, rel=1e-5)  # deviations -0, +0.5, -0.5, 0
+    assert r.burst_bytes_mean == pytest.approx(160.0) and r.burst_bytes_m2 == pytest.approx(30000.0, rel=1e-6)
+    hist = list(r.burst_interval_hist)
+    assert hist[9] == 4 and sum(hist) == 4
+    # the open burst folded in: 110, 110, 310, 110, 110 -> mean 150, sd sqrt(32000 / 4)
+    from egressguard.flows import burst_bytes
+    mean, sd = burst_bytes(np.array([r], FLOW_DTYPE) if not isinstance(r, np.void) else r[None])
+    assert mean[0] == pytest.approx(150.0) and sd[0] == pytest.approx(np.sqrt(32000 / 4), rel=1e-5)
+
+
+def test_a_gap_under_one_second_stays_in_the_burst():
+    r = _burst_flow([0, 0.7, 1.69, 2.69], [50, 50, 50, 50])
+    # packets at 0, .2, .7, .9, 1.69, 1.89, 2.69 (gap 0.8 s), 2.89: one burst
+    assert (r.burst_count, r.burst_open_bytes, r.burst_last_ms) == (1, 240, 2890)
+    assert sum(r.burst_interval_hist) == 0 and r.burst_interval_mean == 0.0
+
+
+@pytest.mark.parametrize("edge", [1, 2, 9, 22])
+def test_interval_bins_split_at_powers_of_root_two(edge):
+    """An interval of exactly the left edge of bin k lands in bin k, one ms less in bin k - 1."""
+    from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
+    from tests.naive import BURST_EDGES_MS
+    assert BURST_INTERVAL_EDGES_MS.tolist() == BURST_EDGES_MS
+    ms = int(BURST_INTERVAL_EDGES_MS[edge - 1])
+    assert ms == round(1000 * 2 ** (edge / 2))
+    for gap_ms, want in ((ms, edge), (ms - 1, edge - 1)):
+        r = _burst_flow([0, gap_ms / 1000], [20, 20])
+        assert np.flatnonzero(r.burst_interval_hist).tolist() == [want], gap_ms
+
+
+def test_histogram_halves_instead_of_saturating():
+    """600 intervals of 10 s: the bin reaches 255, all bins halve, counting goes on; the shape survives."""
+    starts = [0.0, 2.0] + [2.0 + 10 * i for i in range(1, 600)]  # one 2 s interval, then 599 of 10 s
+    r = _burst_flow(starts, [20] * len(starts))
+    hist = r.burst_interval_hist.tolist()
+    # bin 6 ([8, 11.3) s) halves at its 256th, 384th and 512th count (255 -> 127, +1): 128 + 87 = 215; the single
+    # 2 s interval (bin 2) was halved to 0 at the first halving
+    assert r.burst_count == 601 and hist[6] == 215 and hist[2] == 0 and sum(hist) == 215
+    assert r.burst_interval_mean == pytest.approx((2 + 599 * 10) / 600, rel=1e-6)

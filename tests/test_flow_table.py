@@ -35,6 +35,7 @@ def batch_rows(batch) -> list[dict]:
     names = FLOW_DTYPE.names
     for i, values in enumerate(batch.records.tolist()):
         row = dict(zip(names, values))
+        row["burst_interval_hist"] = tuple(row["burst_interval_hist"].tolist())
         slot = row["slot"]
         row["kept_payload"] = (batch.kept_payload(i, 0), batch.kept_payload(i, 1))
         row["kept_lengths"] = tuple(batch.table.kept_lengths(slot, d).tolist() for d in (0, 1))
@@ -47,7 +48,7 @@ def batch_rows(batch) -> list[dict]:
 class Run:
     """Feeds chunks to a FlowTable the way the pipeline does, checking the memory bound after every batch."""
 
-    def __init__(self, settings: FlowSettings, out_size: int = 1 << 15):
+    def __init__(self, settings: FlowSettings, out_size: int = 1 << 14):
         self.table = FlowTable(settings, out_size=out_size)
         self.settings = settings
         self.records: list[dict] = []
@@ -151,7 +152,7 @@ def assert_same_placement(table: FlowTable, ref: NaiveFlowTable, where: str) -> 
         ref.live, ref.evictions, ref.slot_denied, ref.skipped, ref.created), f"{where}: counters differ"
 
 
-def assert_matches_naive(chunks, settings: FlowSettings, out_size: int = 1 << 15) -> tuple[Run, NaiveFlowTable]:
+def assert_matches_naive(chunks, settings: FlowSettings, out_size: int = 1 << 14) -> tuple[Run, NaiveFlowTable]:
     """Run the table and the reference in lockstep over chunks as the pipeline does (update, expire at the chunk's
     latest time, flush at the end), comparing the records of every step, their order and the placement after it.
     A None in `chunks` is a flush between two captures (the pipeline reuses the table)."""
@@ -350,6 +351,10 @@ def test_random_generator_reaches_every_rule():
     assert flags == int(FlowFlag.SAW_SYN | FlowFlag.SLOT_DENIED | FlowFlag.CONTINUED | FlowFlag.PORT_REUSE)
     assert sum(r["orig_retransmits"] + r["resp_retransmits"] for r in records) > 0
     assert any(r["ip_version"] == 6 for r in records) and any(r["ip_version"] == 4 for r in records)
+    # bursts: flows with several of them, intervals in several histogram bins, out-of-order packets inside a burst
+    assert max(r["burst_count"] for r in records) >= 4
+    assert sum(1 for b in range(len(records[0]["burst_interval_hist"]))
+               if any(r["burst_interval_hist"][b] for r in records)) >= 3
     # a SYN-ACK opened some record: its originator is the SYN-ACK's receiver
     assert any(r["flow_flags"] & 1 and not r["orig_tcp_flags"] & 0x02 and r["resp_tcp_flags"] & 0x12 == 0x12
                for r in records)
@@ -621,3 +626,23 @@ def test_update_rejects_wrong_inputs():
         list(table.update(np.zeros(3, FLOW_DTYPE), np.zeros(4, np.uint8)))
     with pytest.raises(TypeError):
         list(table.update(np.zeros(3, PACKET_DTYPE), np.zeros(4, np.int8)))
+
+
+def test_long_periodic_flow_matches_reference_through_histogram_halving():
+    """A UDP and a TCP flow with 1000 bursts at jittered 20-30 s intervals, split by the active timeout: the
+    histogram of the first records halves (a bin passes 255), and the bursts of every record agree with the
+    reference."""
+    rng = np.random.default_rng(7)
+    starts = np.cumsum(rng.uniform(20.0, 30.0, 1000))
+    rows = []
+    for t in starts:
+        rows.append(_udp(t, 1, 2, pl=int(rng.integers(1, 400)), sport=5000, dport=9000))
+        rows.append(_udp(t + 0.3, 2, 1, pl=int(rng.integers(1, 400)), sport=9000, dport=5000))
+        rows.append(dict(ts_ns=T0 + int(t * SEC), src_lo=V4[0], dst_lo=V4[2], sport=40000, dport=443, proto=6,
+                         tcp_flags=0x18, payload_bytes=int(rng.integers(1, 1400)), wire_bytes=100))
+    settings = FlowSettings(capacity=8, payload_slots=2, other_idle_s=100.0, tcp_idle_s=100.0, active_s=20000.0)
+    chunks = [(make_packets(rows[i:i + 500]), np.zeros(1024, np.uint8)) for i in range(0, len(rows), 500)]
+    run, _ = assert_matches_naive(chunks, settings)
+    longest = max(run.records, key=lambda r: r["burst_count"])
+    assert longest["burst_count"] > 600 and sum(longest["burst_interval_hist"]) < longest["burst_count"] - 300
+    assert sum(r["flow_flags"] & int(FlowFlag.CONTINUED) > 0 for r in run.records) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from egressguard.detect.base import BatchResult, Detector
+from egressguard.detect.beacon import BeaconDetector
 from egressguard.detect.dns_binding import DnsBinding, DnsObserver
 from egressguard.detect.dns_tunnel import DnsTunnelDetector
 from egressguard.detect.egress import UnexpectedDestinationDetector
@@ -16,6 +17,7 @@ DETECTORS: dict[str, type] = {
     UnexpectedDestinationDetector.name: UnexpectedDestinationDetector,
     DnsTunnelDetector.name: DnsTunnelDetector,
     IcmpTunnelDetector.name: IcmpTunnelDetector,
+    BeaconDetector.name: BeaconDetector,
 }
 
 

@@ -5,10 +5,17 @@ echo pairs (a small packet answered by one of the same size from the other side 
 payload packets separated by >= 1 s of silence) with the side that spoke first, ping-pong bursts (one packet each
 way: keepalives) with the regularity of their spacing, and bursts that open with a bulk exchange both ways (a
 handshake nested inside the flow). No thresholds live here; detectors interpret these facts.
+
+`update_bursts` keeps the rhythm of bursts in the flow record itself (every flow, with or without a payload slot):
+count, Welford mean/M2 of the intervals between burst starts and of the bytes per burst, and a log histogram of the
+intervals from which detectors read approximate quantiles (RITA-style beacon scores, detection-science 4.3).
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
+
+from egressguard.schema import BURST_INTERVAL_BINS
 
 ECHO_MAX_SIZE = 256  # echo pairs are counted per 4-byte size bucket below this (SSH records are multiples of 4)
 ECHO_BUCKETS = ECHO_MAX_SIZE // 4
@@ -140,3 +147,54 @@ def conversation_update(conv_i, conv_f, echo_pairs, s, d, size, ts):
         ci[CI_BURST_BIG0 + d] += 1
     if ts > last:
         ci[CI_LAST_TS] = ts
+
+
+# left edges of burst-interval bins 1..BURST_INTERVAL_BINS-1 in ms: round(1000 * 2^(k/2)) (2^(1/2) spacing,
+# detection-science 4.3); an interval of x ms falls in bin = number of edges <= x
+BURST_INTERVAL_EDGES_MS = np.array([round(1000 * 2 ** (k / 2)) for k in range(1, BURST_INTERVAL_BINS)], np.int64)
+U32_MAX = 0xFFFFFFFF
+HIST_MAX = 255
+
+
+@njit(cache=True, nogil=True)
+def update_bursts(r, size, ts):
+    """Account one fresh payload packet (`size` L4 payload bytes at ts ns, either side) in the bursts of record r.
+
+    Mutates r.burst_*: a packet >= BURST_GAP_NS after the previous payload packet closes the open burst (its bytes go
+    into the burst-size Welford, the interval between the two starts into the interval Welford and histogram) and
+    starts a new one. Times are kept in ms after first_seen_ns; a packet older than first_seen counts as at 0."""
+    t_ms = (ts - r.first_seen_ns) // 1_000_000
+    t_ms = min(max(t_ms, 0), U32_MAX)
+    n = np.int64(r.burst_count)
+    if n > 0 and t_ms - np.int64(r.burst_last_ms) < BURST_GAP_NS // 1_000_000:
+        r.burst_open_bytes = min(np.int64(r.burst_open_bytes) + size, U32_MAX)
+        if t_ms > r.burst_last_ms:
+            r.burst_last_ms = t_ms
+        return
+    if n > 0:
+        # close the open burst: n bursts are closed now, n intervals between n + 1 starts
+        b = np.float64(r.burst_open_bytes)
+        mean = np.float64(r.burst_bytes_mean)
+        delta = b - mean
+        mean32 = np.float32(mean + delta / n)
+        r.burst_bytes_mean = mean32
+        r.burst_bytes_m2 = np.float32(np.float64(r.burst_bytes_m2) + delta * (b - np.float64(mean32)))
+        gap_ms = t_ms - np.int64(r.burst_start_ms)
+        x = gap_ms / 1000.0
+        mean = np.float64(r.burst_interval_mean)
+        delta = x - mean
+        mean32 = np.float32(mean + delta / n)
+        r.burst_interval_mean = mean32
+        r.burst_interval_m2 = np.float32(np.float64(r.burst_interval_m2) + delta * (x - np.float64(mean32)))
+        k = 0
+        while k < BURST_INTERVAL_EDGES_MS.shape[0] and gap_ms >= BURST_INTERVAL_EDGES_MS[k]:
+            k += 1
+        hist = r.burst_interval_hist
+        if hist[k] >= HIST_MAX:
+            for j in range(hist.shape[0]):
+                hist[j] = hist[j] >> 1
+        hist[k] += 1
+    r.burst_count = min(n + 1, U32_MAX)
+    r.burst_start_ms = t_ms
+    r.burst_last_ms = t_ms
+    r.burst_open_bytes = min(size, U32_MAX)

@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from egressguard.flows.conversation import conversation_close, conversation_reset, conversation_update
+from egressguard.flows.conversation import (conversation_close, conversation_reset, conversation_update,
+                                            update_bursts)
 
 # meta[] indices (int64 counters and list heads)
 M_LIVE = 0
@@ -232,6 +233,16 @@ def _create(t, h, p, orig_is_src, flags):
     r.resp_iat_m2 = 0.0
     r.resp_last_ns = 0
     r.resp_next_seq = 0
+    r.burst_count = 0
+    r.burst_start_ms = 0
+    r.burst_last_ms = 0
+    r.burst_open_bytes = 0
+    r.burst_interval_mean = 0.0
+    r.burst_interval_m2 = 0.0
+    r.burst_bytes_mean = 0.0
+    r.burst_bytes_m2 = 0.0
+    for k in range(r.burst_interval_hist.shape[0]):
+        r.burst_interval_hist[k] = 0
     t.used[ridx] = 1
     # insert into the index
     mask = t.index.shape[0] - 1
@@ -449,8 +460,10 @@ def update_table(t, buf, packets, start, out):
             t.seen[ridx] = ts
         if (p.status & 8) != 0:  # PacketStatus.FRAGMENT
             r.fragments += 1
-        if _update_direction_stats(r, d, p, ts) and t.keep_data.shape[0] > 0:
-            _keep_payload(t, r, d, p, buf)
+        if _update_direction_stats(r, d, p, ts):
+            update_bursts(r, np.int64(p.payload_bytes), ts)
+            if t.keep_data.shape[0] > 0:
+                _keep_payload(t, r, d, p, buf)
     return i, n_out
 
 

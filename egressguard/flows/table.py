@@ -120,14 +120,33 @@ class FlowBatch:
         return self.table.early_sequence(int(rec["slot"]), int(rec["seq_count"]))
 
 
+def burst_bytes(recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, standard deviation) of the payload bytes per burst of FLOW records, the still-open last burst included
+    (the kernel folds a burst into its Welford state only when the next one starts). float64 arrays; 0 without
+    bursts, sd 0 with one burst."""
+    n = recs["burst_count"].astype(np.float64)
+    closed = np.maximum(n - 1, 0)
+    mean0 = recs["burst_bytes_mean"].astype(np.float64)
+    m2 = recs["burst_bytes_m2"].astype(np.float64)
+    x = recs["burst_open_bytes"].astype(np.float64)
+    has = n > 0
+    delta = x - mean0
+    mean = np.where(has, mean0 + delta / np.maximum(n, 1), 0.0)
+    m2 = np.where(has, m2 + delta * (x - mean), 0.0)
+    sd = np.sqrt(np.maximum(m2, 0.0) / np.maximum(closed, 1)) * (closed > 0)
+    return mean, sd
+
+
 class FlowTable:
     """Bidirectional flow aggregation with bounded memory.
 
     Args:
         settings: FlowSettings (validated here).
+        out_size: records one hand-out can hold (16384: large enough to keep the detectors' numpy calls big; the
+            buffer is part of the table's fixed memory, ~1/16 of a record per flow slot at the default capacity).
     """
 
-    def __init__(self, settings: FlowSettings = FlowSettings(), out_size: int = 1 << 15):
+    def __init__(self, settings: FlowSettings = FlowSettings(), out_size: int = 1 << 14):
         settings.validate()
         self.settings = settings
         cap = settings.capacity

@@ -1,0 +1,604 @@
+"""Beaconing and long connections (detection-science 4): an implant that calls home on a timer looks the same
+whatever its protocol, and a tunnel or C2 channel is often one connection held open for hours.
+
+Three views, each with fixed-size state (detection-science 4.3, the streaming form of RITA's analyses):
+
+* connection starts per (sandbox, destination address, port, protocol) across flows: a bounded pair table holds a
+  log histogram and Welford mean/M2 of the intervals between starts and of the bytes the sandbox sent per
+  connection, the count and the first and last start. Scores follow RITA v5 (`activecm/rita` analysis/beacons.go):
+  timing = (1 - |Bowley skew| + MAD score) / 2 over the intervals, the same over the sizes, coverage =
+  (last - first start) / the capture time seen; RITA's fourth part, how evenly connections spread over the day's
+  24 hours, cannot be measured on captures of minutes, so it is replaced by the evenness of the intervals
+  themselves (1 - their coefficient of variation). Quantiles come from the histograms; when the values sit inside
+  one or two bins the Welford mean and deviation are finer and are used instead (a normal shape).
+* bursts inside one long flow, from the flow kernel's burst state (flows/conversation.py update_bursts), merged
+  over the records an active timeout cut a connection into: C2 polling or a reverse shell's keepalive every 30 s
+  inside one TLS connection.
+* long connections: RITA's buckets (3600 s base, 14400, 28800, 43200 s) over first_seen -> last_seen, records of
+  one connection merged. A live snapshot judges the open record as it is.
+
+Periodic by design, and not judged: DNS (tcp/udp 53: lookups repeat with the TTL; DNS tunnels are the dns_tunnel
+detector's), NTP (udp 123 with NTP-sized packets, RFC 5905: clients poll every 64-1024 s), DHCP, mDNS, SSDP,
+NetBIOS and ICMP (ping; ICMP tunnels are the icmp_tunnel detector's). Keepalive-sized bursts (MQTT PINGREQ,
+WebSocket and HTTP/2 pings, SSH ServerAliveInterval) are periodic too: bursts inside a flow that average under
+`keepalive_bytes` are reported at low severity only, and only from `min_flow_span_s` (10 min, the first Zeek
+long-connections notice) on. A destination the rules allow by address (an allow CIDR or class) or by a name the
+sandbox's DNS answers bound to it stays periodic, and is still reported (RITA users asked for that, rita-legacy
+issue 713), one severity level lower, with a sentence saying which rule allows it.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from egressguard.allowlist import Allowlist
+from egressguard.detect.base import BatchResult
+from egressguard.detect.dns_binding import DnsBinding
+from egressguard.flows import FlowBatch, burst_bytes
+from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
+from egressguard.netaddr import address_text
+from egressguard.rule_types import FlowContext
+from egressguard.rules import ActiveRules, load_rules
+from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, Severity, proto_name
+
+# (protocol, responder port) pairs that poll by design; NTP only with NTP-sized packets (see NTP_MAX_PAYLOAD)
+EXEMPT_SERVICES = frozenset({(6, 53), (17, 53), (17, 67), (17, 68), (17, 137), (17, 138), (17, 1900), (17, 5353)})
+NTP_PORT = 123
+NTP_MAX_PAYLOAD = 68  # RFC 5905 7.3: 48-byte header + 4-byte key id + 16-byte MD5 digest
+EXEMPT_PROTOS = (1, 58)  # ICMP, ICMPv6
+PAIR_BINS = 48
+# intervals between connection starts: bin k >= 1 from 2^((k - 6) / 2) s (0.18 s ... 16.9 days), 2^(1/2) spacing
+PAIR_GAP_EDGES_S = 2.0 ** ((np.arange(1, PAIR_BINS) - 6) / 2)
+# bytes per connection: bin k >= 1 from 2^(k / 2) B (1.4 B ... 11.9 MB)
+PAIR_SIZE_EDGES_B = 2.0 ** (np.arange(1, PAIR_BINS) / 2)
+FLOW_GAP_EDGES_S = BURST_INTERVAL_EDGES_MS / 1000.0
+NORMAL_MAD = 0.6745  # MAD = 0.6745 sd and IQR = 1.349 sd for a normal distribution
+RITA_MIN_IQR = 10.0  # RITA: Bowley skew forced to 0 when Q3 - Q1 < 10 (seconds, bytes)
+# RITA v5 default_config.hjson: beacon score thresholds base 50 / low 70 / medium 90 / high 100 % and long-connection
+# thresholds 3600 / 14400 / 28800 / 43200 s, mapped to 0.2 / 0.4 / 0.6 / 0.8 by linear interpolation (config.go)
+BEACON_BUCKETS = ((0.5, 0.2), (0.7, 0.4), (0.9, 0.6), (1.0, 0.8))
+LONG_BUCKETS = ((3600.0, 0.2), (14400.0, 0.4), (28800.0, 0.6), (43200.0, 0.8))
+
+
+@dataclass(frozen=True)
+class Params:
+    """Thresholds (RITA's defaults where RITA has one) and table sizes."""
+
+    min_connections: int = 4  # RITA unique_connection_threshold (check-ins), judged when the capture ends
+    inspect_connections: int = 10  # judged before the end from this many on (an early verdict cannot be taken back)
+    min_intervals: int = 3  # RITA: at least 3 non-zero intervals
+    same_checkin_s: float = 1.0  # starts closer than this are one check-in (RITA's timestamps are whole seconds)
+    report_beacon: float = 0.7  # RITA's "low" beacon threshold (its base, 50 %, lets Poisson traffic of one size in)
+    # and the intervals themselves must be regular: their CV at most max_cv (the mining detector's M5 rhythm rule),
+    # at most max_cv_few below few_intervals intervals (3 exponential intervals reach CV <= 0.25 5 % of the time,
+    # 6 only 0.2 %; a beacon with +-30 % uniform jitter stays under it 90 % of the time even with 3)
+    max_cv: float = 0.5
+    max_cv_few: float = 0.25
+    few_intervals: int = 12
+    min_bursts: int = 10  # bursts inside one flow (the mining detector's M5 rule uses 10 as well)
+    min_flow_span_s: float = 600.0  # periodic bursts are judged in flows at least this long (Zeek: 10 min notice)
+    keepalive_bytes: float = 200.0  # bursts averaging less than this are keepalive-sized: reported low
+    long_connection_s: float = 3600.0  # RITA's long-connection base
+    max_pairs: int = 32768  # (sandbox, destination, port, protocol) series, ~750 B each (24 MB); least recent go
+    max_connections: int = 16384  # connections cut by the active timeout, waiting for their next record
+
+
+class _Pairs:
+    """Fixed-size table of connection-start series, vectorised over a batch (numpy; slots found by sorted keys)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.keys = np.zeros(0, np.uint64)  # sorted pair hashes
+        self.slot_of = np.zeros(0, np.int64)  # slot of each sorted key
+        self.free = list(range(size - 1, -1, -1))
+        self.count = np.zeros(size, np.int64)  # connections
+        self.checkins = np.zeros(size, np.int64)
+        self.first_ns = np.zeros(size, np.int64)
+        self.last_ns = np.zeros(size, np.int64)  # latest check-in start
+        self.gap = np.zeros((size, 3))  # Welford n, mean, M2 of intervals (s)
+        self.sent = np.zeros((size, 3))  # Welford n, mean, M2 of bytes sent per connection
+        self.gap_hist = np.zeros((size, PAIR_BINS), np.uint32)
+        self.sent_hist = np.zeros((size, PAIR_BINS), np.uint32)
+        self.latest = np.zeros(size, FLOW_DTYPE)  # the pair's latest connection, for the finding
+        self.reported = np.zeros(size, np.int8)  # severity reported so far, 0 none
+        self.dirty = np.zeros(size, bool)  # changed since last judged
+        self.evicted = 0
+
+    def slots(self, keys: np.ndarray) -> np.ndarray:
+        """Slot of every key (sorted unique keys in), new slots for new keys; when the table is full, the least
+        recently started eighth of it (at least what is needed) is evicted at once (amortises the scan)."""
+        at = np.searchsorted(self.keys, keys)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == keys[found]
+        out = np.empty(len(keys), np.int64)
+        out[found] = self.slot_of[at[found]]
+        new = np.flatnonzero(~found)
+        if len(new) > len(self.free):
+            self._evict(max(len(new) - len(self.free), self.size // 8), keep=out[found])
+        if not len(new):
+            return out
+        fresh = np.array(self.free[len(self.free) - len(new):][::-1], np.int64)
+        del self.free[len(self.free) - len(new):]
+        out[new] = fresh
+        self._clear(fresh)
+        pos = np.searchsorted(self.keys, keys[new])
+        self.keys, self.slot_of = np.insert(self.keys, pos, keys[new]), np.insert(self.slot_of, pos, fresh)
+        return out
+
+    def _evict(self, n: int, keep: np.ndarray) -> None:
+        age = np.full(self.size, np.iinfo(np.int64).max)
+        age[self.slot_of] = self.last_ns[self.slot_of]
+        age[keep] = np.iinfo(np.int64).max  # pairs of the batch being added stay
+        n = min(n, len(self.slot_of) - len(keep))
+        if n <= 0:
+            return
+        gone = np.argpartition(age, n - 1)[:n]
+        self.evicted += n
+        dropped = np.zeros(self.size, bool)
+        dropped[gone] = True
+        stay = ~dropped[self.slot_of]
+        self.keys, self.slot_of = self.keys[stay], self.slot_of[stay]
+        self.free.extend(gone.tolist())
+
+    def _clear(self, s: np.ndarray) -> None:
+        for a in (self.count, self.checkins, self.first_ns, self.last_ns, self.gap, self.sent, self.gap_hist,
+                  self.sent_hist, self.reported, self.dirty):
+            a[s] = 0
+
+
+def _add_counts(hist: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """hist[rows, cols] += 1 for every pair (repeats counted), faster than np.add.at."""
+    if len(rows):
+        idx, cnt = np.unique(rows * hist.shape[1] + cols, return_counts=True)
+        hist.ravel()[idx] += cnt.astype(hist.dtype)
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    """Robust summary of one series: median, MAD and Bowley skew (estimated), mean and standard deviation."""
+
+    n: int
+    median: float
+    mad: float
+    skew: float
+    mean: float
+    sd: float
+
+    def cv(self) -> float:
+        return self.sd / self.mean if self.mean > 0 else 0.0
+
+
+def hist_quantiles(counts: np.ndarray, edges: np.ndarray, qs=(0.25, 0.5, 0.75)) -> list[float]:
+    """Quantiles of values binned at log-spaced left edges (bin 0 below edges[0]), interpolated geometrically."""
+    ratio = edges[1] / edges[0]
+    lo = np.r_[edges[0] / ratio, edges]
+    hi = np.r_[edges, edges[-1] * ratio]
+    counts = counts.astype(np.float64)
+    cum = np.cumsum(counts)
+    out = []
+    for q in qs:
+        target = max(q * cum[-1], 1e-9)
+        k = int(np.searchsorted(cum, target))
+        frac = (target - (cum[k] - counts[k])) / counts[k]
+        out.append(float(lo[k] * (hi[k] / lo[k]) ** frac))
+    return out
+
+
+def rhythm(counts: np.ndarray | None, edges: np.ndarray, n: int, mean: float, m2: float) -> Rhythm:
+    """A series' Rhythm from its histogram (None: none kept, the normal shape is assumed) and Welford state."""
+    sd = math.sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else 0.0
+    if counts is not None and counts.sum() > 0:
+        q1, q2, q3 = hist_quantiles(counts, edges)
+        if q3 - q1 <= 2 * NORMAL_MAD * sd:  # the histogram is the finer description
+            iqr = q3 - q1
+            skew = 0.0 if iqr < RITA_MIN_IQR or q2 in (q1, q3) else (q1 + q3 - 2 * q2) / iqr
+            return Rhythm(n, q2, iqr / 2, skew, mean, sd)
+    # the values sit inside a bin or two (the bins would spread them): the Welford moments are finer
+    return Rhythm(n, mean, NORMAL_MAD * sd, 0.0, mean, sd)
+
+
+def part_score(r: Rhythm, default_below_one: float) -> float:
+    """RITA's (skew score + MAD score) / 2; MAD score (median - MAD) / median, a default when the median is < 1."""
+    mad_score = max(0.0, (r.median - r.mad) / r.median) if r.median >= 1 else default_below_one
+    return (1 - abs(r.skew) + mad_score) / 2
+
+
+def bucket(value: float, buckets) -> float:
+    """RITA's linear interpolation of a value into its 0.2 / 0.4 / 0.6 / 0.8 buckets (0 below the base)."""
+    if value < buckets[0][0]:
+        return 0.0
+    for (x0, y0), (x1, y1) in zip(buckets, buckets[1:]):
+        if value < x1:
+            return y0 + (y1 - y0) * (value - x0) / (x1 - x0)
+    return buckets[-1][1]
+
+
+def severity_of(score: float) -> Severity:
+    """RITA's severities: > 0.8 critical, >= 0.6 high, >= 0.4 medium, else low."""
+    return Severity.CRITICAL if score > 0.8 else Severity.HIGH if score >= 0.6 else \
+        Severity.MEDIUM if score >= 0.4 else Severity.LOW
+
+
+def _hash_pairs(recs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of (sandbox, destination, port, protocol) of records recs[idx] (splitmix64 rounds)."""
+    with np.errstate(over="ignore"):
+        h = recs["proto"][idx].astype(np.uint64) << np.uint64(16) | recs["resp_port"][idx].astype(np.uint64)
+        for name in ("orig_hi", "orig_lo", "resp_hi", "resp_lo"):
+            h = (h ^ recs[name][idx]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(31)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def _welford_merge(state: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+    """Merge groups (n, mean, M2) into Welford states [rows, 3] (Chan et al.), in place."""
+    n0, mean0, m20 = state[:, 0], state[:, 1], state[:, 2]
+    total = n0 + n
+    delta = mean - mean0
+    safe = np.maximum(total, 1)
+    state[:, 1] = np.where(total > 0, mean0 + delta * n / safe, 0.0)
+    state[:, 2] = m20 + m2 + delta ** 2 * n0 * n / safe
+    state[:, 0] = total
+
+
+def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.searchsorted(edges, values, side="right")
+
+
+class BeaconDetector:
+    """Reports `beacon` (regular connection starts, or regular bursts inside one flow) and `long_connection`.
+
+    Args:
+        binding: the DNS binding shared with the DnsObserver (names that make a destination allowed).
+        rules: the rules (ActiveRules, Allowlist, or None for the default file): who is a sandbox, what is allowed.
+    """
+
+    name = "beacon"
+    kinds = (FindingKind.BEACON, FindingKind.LONG_CONNECTION)
+    uses_dns_binding = True
+    uses_rules = True
+    judges_open_flows = True  # live mode shows it snapshots of open flows: long connections are reported while open
+
+    def __init__(self, binding: DnsBinding | None = None, rules: ActiveRules | Allowlist | None = None,
+                 params: Params = Params()):
+        if not isinstance(rules, ActiveRules):
+            rules = ActiveRules(rules if rules is not None else load_rules())
+        self.rules = rules
+        self.binding = binding if binding is not None else DnsBinding()
+        self.params = params
+        self._capture: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pairs = _Pairs(self.params.max_pairs)
+        # connections cut by the active timeout: 5-tuple -> merged state (first_seen, bursts, reported severities)
+        self._open: OrderedDict[tuple, dict] = OrderedDict()
+        self.open_evicted = 0
+        self._span = [0, 0]  # capture time seen: earliest first_seen, latest last_seen (ns)
+        self._due: list[int] = []  # pair slots with enough check-ins to be judged at the end of this batch
+
+    # ---- Detector protocol
+    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+        if capture != self._capture:  # a new capture starts with a clean slate (live mode keeps one name)
+            self._capture = capture
+            self._reset()
+        result = BatchResult()
+        recs = batch.records
+        if not len(recs):
+            return result
+        rows = self._judged_rows(recs)
+        if not len(rows):
+            return result
+        first, last = int(recs["first_seen_ns"][rows].min()), int(recs["last_seen_ns"][rows].max())
+        self._span = [min(self._span[0], first) if self._span[0] else first, max(self._span[1], last)]
+        self._update_pairs(recs, rows)
+        self._judge_flows(recs, rows, capture, result)
+        self._judge_pairs_due(capture, result)
+        return result
+
+    def finish(self, capture: str) -> BatchResult:
+        """Report every pair series whose evidence now suffices (or got worse since it was reported); live mode
+        calls this every few seconds, so only series that changed since they were last judged are looked at."""
+        result = BatchResult()
+        if capture == self._capture and self.pairs.keys.size:
+            slots = self.pairs.slot_of
+            self._judge_pairs(slots[self.pairs.dirty[slots]], capture, result)
+        return result
+
+    # ---- which flows
+    def _judged_rows(self, recs: np.ndarray) -> np.ndarray:
+        rules = self.rules.current
+        inside = rules.inside(recs["orig_hi"], recs["orig_lo"])
+        if not inside.any():
+            return np.zeros(0, np.int64)
+        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
+        leaves = ~rules.dest_inside(recs["resp_hi"], recs["resp_lo"]) & (rules.treatments[classes] != 2)
+        proto, port = recs["proto"].astype(np.int64), recs["resp_port"].astype(np.int64)
+        exempt = np.isin(proto, EXEMPT_PROTOS) | np.isin(proto * 65536 + port,
+                                                         [p * 65536 + q for p, q in EXEMPT_SERVICES])
+        exempt |= (proto == 17) & (port == NTP_PORT) & (np.maximum(recs["orig_payload_max"],
+                                                                   recs["resp_payload_max"]) <= NTP_MAX_PAYLOAD)
+        return np.flatnonzero(inside & leaves & ~exempt)
+
+    # ---- connection starts per pair
+    def _update_pairs(self, recs: np.ndarray, rows: np.ndarray) -> None:
+        """Add the connection starts of finished flows recs[rows] to their pairs' series (a continued record is no
+        new connection; a snapshot's open flows are not finished). Columns are read by index: no record copies."""
+        keep = ((recs["flow_flags"][rows] & int(FlowFlag.CONTINUED)) == 0) & \
+            (recs["end_reason"][rows] != int(EndReason.ACTIVE))
+        idx = rows[keep]
+        if not len(idx):
+            return
+        p = self.pairs
+        uniq, inverse = np.unique(_hash_pairs(recs, idx), return_inverse=True)
+        uslots = p.slots(uniq)
+        slot = uslots[inverse]
+        per_pair = np.bincount(inverse, minlength=len(uniq))
+        t = recs["first_seen_ns"][idx].astype(np.int64)
+        order = np.lexsort((t, slot))
+        slot, t = slot[order], t[order]
+        # starts in the same whole second (of `same_checkin_s`) are one check-in, as RITA's unique timestamps
+        unit = max(int(self.params.same_checkin_s * 1e9), 1)
+        head = np.r_[True, slot[1:] != slot[:-1]]
+        new_pair = head & (p.count[slot] == 0)
+        prev_unit = np.where(head, p.last_ns[slot] // unit, np.r_[0, t[:-1] // unit])
+        checkin = new_pair | (t // unit != prev_unit)
+        ci = np.flatnonzero(checkin)
+        first_ci = np.r_[True, slot[ci][1:] != slot[ci][:-1]]
+        prev_t = np.where(first_ci, p.last_ns[slot[ci]], np.r_[0, t[ci][:-1]])
+        gap_s = (t[ci] - prev_t) / 1e9
+        # the first start of a pair has no interval; one older than the pair's latest (flows end out of order
+        # across batches) adds none either
+        interval = ~new_pair[ci] & (gap_s > 0)
+        gslot, gap_s = slot[ci][interval], gap_s[interval]
+        sent = recs["orig_payload_bytes"][idx[order]].astype(np.float64)
+        p.count[uslots] += per_pair
+        cs, cc = np.unique(slot[ci], return_counts=True)
+        p.checkins[cs] += cc
+        p.first_ns[slot[new_pair]] = t[new_pair]
+        _merge_groups(p.gap, gslot, gap_s)
+        _merge_groups(p.sent, slot, sent)
+        _add_counts(p.gap_hist, gslot, _bins(gap_s, PAIR_GAP_EDGES_S))
+        _add_counts(p.sent_hist, slot, _bins(sent, PAIR_SIZE_EDGES_B))
+        if len(ci):  # rows are sorted by time within each pair: its last check-in row holds its latest start
+            last_ci = ci[np.r_[slot[ci][1:] != slot[ci][:-1], True]]
+            p.last_ns[slot[last_ci]] = np.maximum(p.last_ns[slot[last_ci]], t[last_ci])
+        latest = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
+        touched = slot[latest]
+        p.dirty[touched] = True
+        repeat = p.checkins[touched] >= 2  # a pair seen once cannot be reported yet: no record copy for it
+        p.latest[touched[repeat]] = recs[idx[order[latest[repeat]]]]
+        ready = touched[p.checkins[touched] >= self.params.inspect_connections]
+        self._due.extend(ready.tolist())
+
+    def _judge_pairs(self, slots: np.ndarray, capture: str, result: BatchResult) -> None:
+        p, prm = self.pairs, self.params
+        slots = slots[(p.checkins[slots] >= prm.min_connections) & (p.gap[slots, 0] >= prm.min_intervals)]
+        p.dirty[slots] = False
+        span_s = max((self._span[1] - self._span[0]) / 1e9, 1e-9)
+        for s in slots.tolist():
+            gaps = rhythm(p.gap_hist[s], PAIR_GAP_EDGES_S, int(p.gap[s, 0]), p.gap[s, 1], p.gap[s, 2])
+            sent = rhythm(p.sent_hist[s], PAIR_SIZE_EDGES_B, int(p.sent[s, 0]), p.sent[s, 1], p.sent[s, 2])
+            covered = (p.last_ns[s] - p.first_ns[s]) / 1e9
+            parts = (part_score(gaps, 1.0), part_score(sent, 0.0), min(1.0, covered / span_s),
+                     max(0.0, 1 - gaps.cv()))
+            beacon = round(sum(parts) / 4, 3)
+            if beacon < prm.report_beacon or gaps.median < prm.same_checkin_s or not self._regular(gaps):
+                continue
+            rec = p.latest[s].copy()
+            rec["first_seen_ns"] = p.first_ns[s]
+            evidence = [
+                f"{int(p.count[s])} connections from {_addr(rec, 'orig')} to {_dst(rec)} every "
+                f"{_seconds(gaps.median)} (MAD {_seconds(gaps.mad)}, skew {gaps.skew:.2f}) over "
+                f"{_duration(covered)}; {_size(sent.median)} sent each \u00b1{100 * sent.cv():.0f}%",
+                f"RITA-style beacon score {beacon:.2f}: timing {parts[0]:.2f}, size {parts[1]:.2f}, coverage "
+                f"{parts[2]:.2f} of {_duration(span_s)} seen, evenness {parts[3]:.2f}"]
+            details = {"beacon": {"scope": "connections", "connections": int(p.count[s]),
+                                  "interval_s": round(gaps.median, 3), "mad_s": round(gaps.mad, 3),
+                                  "skew": round(gaps.skew, 3), "bytes_sent": round(sent.median, 1),
+                                  "score": beacon, "parts": [round(x, 3) for x in parts]}}
+            self._emit(FindingKind.BEACON, bucket(beacon, BEACON_BUCKETS), rec, evidence, details, capture, result,
+                       lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
+
+    def _regular(self, gaps: Rhythm) -> bool:
+        prm = self.params
+        return gaps.cv() <= (prm.max_cv if gaps.n >= prm.few_intervals else prm.max_cv_few)
+
+    # ---- bursts inside flows, and long connections
+    def _judge_flows(self, recs: np.ndarray, rows: np.ndarray, capture: str, result: BatchResult) -> None:
+        """Bursts and duration of long flows recs[rows] (and of every record of a connection the active timeout
+        cut)."""
+        prm = self.params
+        dur_s = (recs["last_seen_ns"][rows] - recs["first_seen_ns"][rows]) / 1e9
+        cut = (recs["end_reason"][rows] == int(EndReason.ACTIVE_TIMEOUT)) | \
+            ((recs["flow_flags"][rows] & int(FlowFlag.CONTINUED)) > 0)
+        rows = rows[cut | (dur_s >= min(prm.min_flow_span_s, prm.long_connection_s))]
+        if not len(rows):
+            return
+        sub = recs[rows]
+        mean_b, sd_b = burst_bytes(sub)
+        for i in range(len(sub)):
+            rec = sub[i]
+            conn = self._connection(rec, float(mean_b[i]), float(sd_b[i]))
+            self._judge_bursts(rec, conn, capture, result)
+            self._judge_long(rec, conn, capture, result)
+
+    def _judge_pairs_due(self, capture: str, result: BatchResult) -> None:
+        if self._due:
+            self._judge_pairs(np.unique(np.array(self._due, np.int64)), capture, result)
+            self._due = []
+
+    def _connection(self, rec: np.void, bytes_mean: float, bytes_sd: float) -> dict:
+        """The connection `rec` belongs to, with the bursts of all its records so far merged (Chan's formulas)."""
+        key = tuple(int(rec[n]) for n in ("orig_hi", "orig_lo", "orig_port", "resp_hi", "resp_lo", "resp_port",
+                                          "proto"))
+        conn = self._open.pop(key, None) if rec["flow_flags"] & int(FlowFlag.CONTINUED) else None
+        if conn is None:
+            conn = {"first_ns": int(rec["first_seen_ns"]), "n": 0, "mean": 0.0, "m2": 0.0, "bursts": 0,
+                    "hist": np.zeros(len(FLOW_GAP_EDGES_S) + 1, np.int64), "bytes": [0, 0.0, 0.0],
+                    "reported": {}}
+        n = int(rec["burst_count"])
+        k = max(n - 1, 0)  # intervals in this record
+        if k:
+            total = conn["n"] + k
+            delta = float(rec["burst_interval_mean"]) - conn["mean"]
+            conn["m2"] += float(rec["burst_interval_m2"]) + delta ** 2 * conn["n"] * k / total
+            conn["mean"] += delta * k / total
+            conn["n"] = total
+            conn["hist"] += rec["burst_interval_hist"]
+        if n:
+            b = conn["bytes"]
+            total = b[0] + n
+            delta = bytes_mean - b[1]
+            b[2] += bytes_sd ** 2 * (n - 1) + delta ** 2 * b[0] * n / total
+            b[1] += delta * n / total
+            b[0] = total
+        conn["bursts"] += n
+        conn["last_ns"] = int(rec["last_seen_ns"])
+        if rec["end_reason"] == int(EndReason.ACTIVE_TIMEOUT):
+            self._open[key] = conn
+            if len(self._open) > self.params.max_connections:
+                self._open.popitem(last=False)
+                self.open_evicted += 1
+        return conn
+
+    def _judge_bursts(self, rec: np.void, conn: dict, capture: str, result: BatchResult) -> None:
+        prm = self.params
+        span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
+        if conn["bursts"] < prm.min_bursts or conn["n"] < prm.min_intervals or span_s < prm.min_flow_span_s:
+            return
+        gaps = rhythm(conn["hist"], FLOW_GAP_EDGES_S, conn["n"], conn["mean"], conn["m2"])
+        b = conn["bytes"]
+        sizes = rhythm(None, PAIR_SIZE_EDGES_B, int(b[0]), b[1], b[2])
+        covered = min(1.0, conn["n"] * conn["mean"] / span_s) if span_s > 0 else 0.0
+        parts = (part_score(gaps, 1.0), part_score(sizes, 0.0), covered, max(0.0, 1 - gaps.cv()))
+        beacon = round(sum(parts) / 4, 3)
+        if beacon < prm.report_beacon or not self._regular(gaps):
+            return
+        score = bucket(beacon, BEACON_BUCKETS)
+        keepalive = sizes.mean < prm.keepalive_bytes
+        out = _record(rec, conn["first_ns"])
+        evidence = [
+            f"{_addr(rec, 'orig')} holds one connection to {_dst(rec)} open for {_duration(span_s)} with "
+            f"{conn['bursts']} bursts of traffic every {_seconds(gaps.median)} (MAD {_seconds(gaps.mad)}, skew "
+            f"{gaps.skew:.2f}); {_size(sizes.mean)} per burst \u00b1{100 * sizes.cv():.0f}%",
+            f"RITA-style beacon score {beacon:.2f}: timing {parts[0]:.2f}, size {parts[1]:.2f}, coverage "
+            f"{parts[2]:.2f}, evenness {parts[3]:.2f}"]
+        if keepalive:
+            score = min(score, 0.2)
+            evidence.append(f"the bursts are keepalive-sized (under {prm.keepalive_bytes:.0f} B on average), as "
+                            "MQTT, WebSocket, HTTP/2 and SSH keepalives are")
+        details = {"beacon": {"scope": "bursts", "bursts": conn["bursts"], "interval_s": round(gaps.median, 3),
+                              "mad_s": round(gaps.mad, 3), "skew": round(gaps.skew, 3),
+                              "bytes_per_burst": round(sizes.mean, 1), "keepalive_sized": keepalive,
+                              "score": beacon, "parts": [round(x, 3) for x in parts]}}
+        self._emit(FindingKind.BEACON, score, out, evidence, details, capture, result,
+                   lambda sev: conn["reported"].__setitem__("beacon", sev), conn["reported"].get("beacon", 0))
+
+    def _judge_long(self, rec: np.void, conn: dict, capture: str, result: BatchResult) -> None:
+        span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
+        if span_s < self.params.long_connection_s:
+            return
+        score = bucket(min(span_s, LONG_BUCKETS[-1][0]), LONG_BUCKETS)
+        pieces = "" if conn["first_ns"] == int(rec["first_seen_ns"]) else \
+            " (several records: the active timeout cut it)"
+        still = "still open" if rec["end_reason"] == int(EndReason.ACTIVE) else "open"
+        evidence = [f"{_addr(rec, 'orig')} held a connection to {_dst(rec)} {still} for {_duration(span_s)}"
+                    f"{pieces}; {_size(rec['orig_payload_bytes'])} sent, {_size(rec['resp_payload_bytes'])} "
+                    f"received in its latest record",
+                    "RITA rates connections from 1 h (low) over 4 h (medium) and 8 h (high); Zeek's "
+                    "long-connections package notices at 1 h and again at 12 h"]
+        details = {"long_connection": {"duration_s": round(span_s, 3), "score": round(score, 3)}}
+        self._emit(FindingKind.LONG_CONNECTION, score, _record(rec, conn["first_ns"]), evidence, details, capture,
+                   result, lambda sev: conn["reported"].__setitem__("long", sev), conn["reported"].get("long", 0))
+
+    # ---- reporting
+    def _emit(self, kind: FindingKind, score: float, rec: np.void, evidence: list[str], details: dict,
+              capture: str, result: BatchResult, remember, reported: int) -> None:
+        """Append a finding unless one at this severity or worse was already reported for the same subject."""
+        severity = severity_of(score)
+        allowed = self._allowed(rec)
+        if allowed:
+            severity = Severity(max(int(Severity.LOW), int(severity) - 1))
+            evidence.append(f"the rules allow this destination ({allowed}): severity lowered one level; periodic "
+                            "traffic to an allowed service is usually an update check or a keepalive")
+        if int(severity) <= reported:
+            return
+        remember(int(severity))
+        result.findings.append(Finding(kind=kind, severity=severity, score=round(float(score), 3),
+                                       evidence=tuple(evidence), flow=rec, capture=capture, details=details))
+
+    def _allowed(self, rec: np.void) -> str:
+        """Which allow rule covers the destination (by address or class, or a name DNS bound to it), or ''."""
+        rules = self.rules.current
+        recs = rec.reshape(1) if isinstance(rec, np.ndarray) else np.array([rec], FLOW_DTYPE)
+        ctx = FlowContext(recs["resp_hi"], recs["resp_lo"], recs["proto"], recs["resp_port"], rules.scopes(recs))
+        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
+        if rules.match_cidr("allow", ctx)[0] or rules.match_class("allow", classes, ctx)[0]:
+            entry = rules.first_entry("allow", ctx, 0, int(classes[0]))
+            return entry.label() if entry is not None else "an allow entry"
+        names = self.binding.lookup(_int(rec, "orig"), _int(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)[0]
+        entry = rules.match_names("allow", names, ctx.scopes[:, 0], int(rec["proto"]), int(rec["resp_port"])) \
+            if names else None
+        return f"{entry.label()} via {', '.join(names[:3])}" if entry is not None else ""
+
+
+def _merge_groups(state: np.ndarray, slot: np.ndarray, x: np.ndarray) -> None:
+    """Merge the values x of each slot group into the Welford states state[slot] (in place)."""
+    if not len(slot):
+        return
+    uniq, inv = np.unique(slot, return_inverse=True)
+    n = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    mean = np.bincount(inv, x, len(uniq)) / n
+    m2 = np.bincount(inv, (x - mean[inv]) ** 2, len(uniq))
+    part = state[uniq]
+    _welford_merge(part, n, mean, m2)
+    state[uniq] = part
+
+
+def _store(arr: np.ndarray, i: int, value: int) -> None:
+    arr[i] = value
+
+
+def _record(rec: np.void, first_ns: int) -> np.void:
+    out = rec.copy()
+    out["first_seen_ns"] = first_ns
+    return out
+
+
+def _int(rec: np.void, side: str) -> int:
+    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
+
+
+def _addr(rec: np.void, side: str) -> str:
+    return address_text(_int(rec, side))
+
+
+def _dst(rec: np.void) -> str:
+    addr = _addr(rec, "resp")
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{int(rec['resp_port'])}/{proto_name(int(rec['proto']))}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _size(b: float) -> str:
+    b = float(b)
+    return f"{b:.0f} B" if b < 1000 else f"{b / 1000:.1f} kB" if b < 1e6 else f"{b / 1e6:.1f} MB"
+
+
+__all__ = ["BeaconDetector", "Params", "Rhythm", "hist_quantiles", "rhythm"]
