@@ -218,3 +218,26 @@ def test_one_finding_per_pair_unless_worse(tmp_path):
             ping_flow(cap, burst * 120, SBX, PEER, random_payloads(burst, 6, 64, 600),
                       reply=lambda i, d: rng.randbytes(80))
     assert len(icmp_findings(written(tmp_path, build))) == 1
+
+
+def test_a_flood_of_one_packet_pings_is_judged_in_numpy_and_a_lone_tunnel_packet_still_found(tmp_path, monkeypatch):
+    """Spoofed one-packet echo requests (random identifiers, so each is its own flow) never reach the per-flow Python
+    reader; a one-packet flow whose payload starts like ptunnel's header or an IPv4 packet does, and fires."""
+    import egressguard.detect.icmp_tunnel as icmp_tunnel
+
+    rng = random.Random(11)
+    calls = []
+    real = icmp_tunnel.echo_facts
+    monkeypatch.setattr(icmp_tunnel, "echo_facts", lambda batch, row: calls.append(row) or real(batch, row))
+
+    def build(cap):
+        for i in range(2000):
+            src = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            cap.add(i * 0.001, src, PEER, 1, icmp(8, payload=rng.randbytes(18 + 46 * (i % 2)), ident=i, seq=1))
+        header = PTUNNEL_MAGIC + struct.pack("!5I", 0x0A000001, 22, 0, 0, 36) + bytes(36)
+        cap.add(3.0, SBX, PEER, 1, icmp(8, payload=header, ident=9999, seq=1))
+        cap.add(3.1, SBX, PEER, 1, icmp(8, payload=inner_ipv4(SBX, "192.0.2.9", b"x" * 20), ident=9998, seq=1))
+    found = icmp_findings(written(tmp_path, build))
+    assert sorted(f.details["icmp_tunnel"]["requester"] for f in found) == [SBX]  # one finding per pair
+    assert "ptunnel" in " ".join(found[0].evidence)
+    assert len(calls) < 20  # a random payload rarely starts like an IP or ptunnel header; 2000 do not get here

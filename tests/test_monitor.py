@@ -2,13 +2,11 @@
 capture's own time as the clock, so timers, snapshot judgements, the finding gate and the final flush run for
 real. (Live sockets, namespaces and the CLI: tests/test_watch.py.)"""
 import threading
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
 from conftest import lab_capture
-from egressguard.capture import CaptureFile
+from egressguard.capture.replay import ReplaySource
 from egressguard.monitor import FindingGate, LiveMonitor, WatchSettings, finding_key
 from egressguard.pipeline import Settings
 from egressguard.rules import ActiveRules, load_rules
@@ -16,59 +14,19 @@ from egressguard.rules import ActiveRules, load_rules
 LAB_RULES = lab_capture("rules.toml")
 
 
-@dataclass
-class Counters:
-    name: str
-    up: bool = True
-    packets: int = 0
-    bytes: int = 0
-    kernel_drops: int = 0
-
-
-class ReplaySource:
-    """A LiveSource over a capture file: small chunks in capture order; `now` follows the capture's clock."""
-
-    def __init__(self, path, chunk_frames=4, stop_after_ns=None, on_chunk=None):
-        self.path, self.chunk_frames = str(path), chunk_frames
-        self.interfaces = ["br0"]
-        self.now = 0
-        self.closed = False
-        self.stop_after_ns = stop_after_ns
-        self.on_chunk = on_chunk
-        self.counters = Counters("br0")
-
-    def chunks(self, timeout_s=0.1):
-        with CaptureFile(self.path, chunk_frames=self.chunk_frames) as capture:
-            for chunk in capture.chunks():
-                if self.closed:
-                    return
-                if len(chunk.frames):
-                    self.now = int(chunk.frames["ts_ns"].max())
-                    self.counters.packets += len(chunk.frames)
-                    self.counters.bytes += int(chunk.frames["wirelen"].sum())
-                yield chunk
-                if self.on_chunk is not None:
-                    self.on_chunk(self)
-
-    def interface_stats(self):
-        return [self.counters]
-
-    def close(self):
-        self.closed = True
-
-
-def run(path, stop_at_s=None, **kw):
-    source = ReplaySource(path, **kw)
+def run(path, stop_at_s=None, chunk_frames=4):
+    """Replay a capture through LiveMonitor in small chunks (judged every second of capture time)."""
+    source = ReplaySource(path, "br0", chunk_frames=chunk_frames)
     emitted = []
     stop = threading.Event()
-    monitor = LiveMonitor(source, ActiveRules(load_rules(LAB_RULES)), lambda r: emitted.append((source.now, r)),
-                          WatchSettings(pipeline=Settings(), judge_every_s=1.0), clock=lambda: source.now)
+    monitor = LiveMonitor(source, ActiveRules(load_rules(LAB_RULES)), lambda r: emitted.append((source.now_ns, r)),
+                          WatchSettings(pipeline=Settings(), judge_every_s=1.0), clock=source.clock)
     if stop_at_s is not None:
         start = []
 
         def stopper(src):
-            start.append(src.now) if not start else None
-            if src.now - start[0] >= stop_at_s * 1e9:
+            start.append(src.now_ns) if not start else None
+            if src.now_ns - start[0] >= stop_at_s * 1e9:
                 stop.set()
         source.on_chunk = stopper
     summary = monitor.run(stop)

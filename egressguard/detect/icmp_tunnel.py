@@ -90,7 +90,7 @@ class IcmpTunnelDetector:
         v4 = (recs["proto"] == 1) & (np.isin(recs["orig_port"], (0, 8)) & np.isin(recs["resp_port"], (0, 8)))
         v6 = (recs["proto"] == 58) & np.isin(recs["orig_port"], (128, 129)) & np.isin(recs["resp_port"], (128, 129))
         payload = (recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0
-        for row in np.flatnonzero((v4 | v6) & payload).tolist():
+        for row in _candidates(batch, np.flatnonzero((v4 | v6) & payload)).tolist():
             facts = echo_facts(batch, row)
             severity, reasons = self._verdict(facts)
             if severity is None:
@@ -136,6 +136,29 @@ class IcmpTunnelDetector:
         if changing and len(weak) >= 2:
             return Severity.MEDIUM, weak
         return None, []
+
+
+def _candidates(batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
+    """The echo rows worth reading in Python. A flow with one payload packet can only show a ptunnel header or an
+    inner IP packet, both visible in its first bytes: those are tested here for whole batches at once, so a flood of
+    one-packet pings (spoofed, scans) costs numpy work, not a Python call per flow."""
+    recs = batch.records[rows]
+    single = (recs["orig_payload_pkts"].astype(np.int64) + recs["resp_payload_pkts"]) <= 1
+    if not single.any():
+        return rows
+    one = rows[single]
+    prefix = batch.table.payload_prefix(batch.records["slot"][one], PTUNNEL_HEADER)
+    first = np.where((batch.records["orig_payload_pkts"][one] > 0)[:, None], prefix[:, 0], prefix[:, 1])
+    size = np.maximum(batch.records["orig_payload_max"][one], batch.records["resp_payload_max"][one])
+    words = first.astype(np.uint32)
+    version, ihl = words[:, 0] >> 4, (words[:, 0] & 0xF) * 4
+    length = words[:, 2] << 8 | words[:, 3]  # IPv4 total length; for IPv6, bytes 4-5 hold the payload length
+    ip_like = (size >= 20) & (version == 4) & (ihl >= 20) & (ihl <= length) & (length <= size)  # as _inner_ip
+    ip_like |= (size >= 40) & (version == 6) & ((words[:, 4] << 8 | words[:, 5]) + 40 == size)
+    state = (words[:, 12] << 24 | words[:, 13] << 16 | words[:, 14] << 8 | words[:, 15]) & 0x3FFFFFFF
+    magic = words[:, 0] << 24 | words[:, 1] << 16 | words[:, 2] << 8 | words[:, 3]
+    ptunnel_like = (size >= PTUNNEL_HEADER) & (np.isin(magic, PTUNNEL_MAGICS) | (state <= PTUNNEL_STATES))
+    return np.sort(np.concatenate([rows[~single], one[ip_like | ptunnel_like]]))
 
 
 def echo_facts(batch: FlowBatch, row: int) -> EchoFacts:

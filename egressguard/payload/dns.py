@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 import dpkt
 
@@ -76,18 +77,21 @@ def parse_udp_payloads(pieces: list[bytes]) -> list[DnsMessage]:
     return [m for m in (parse_message(p) for p in pieces) if m is not None]
 
 
-def parse_tcp_stream(stream: bytes) -> list[DnsMessage]:
-    """DNS over TCP: messages with a two-byte length prefix (RFC 1035 4.2.2), as far as the kept bytes go."""
-    out, pos = [], 0
+def tcp_messages(stream: bytes) -> Iterator[bytes]:
+    """DNS over TCP: the messages of a stream, each behind a two-byte length prefix (RFC 1035 4.2.2), as far as the
+    kept bytes go."""
+    pos = 0
     while pos + 2 <= len(stream):
         (n,) = struct.unpack_from("!H", stream, pos)
         if n == 0 or pos + 2 + n > len(stream):
-            break
-        msg = parse_message(stream[pos + 2:pos + 2 + n])
-        if msg is not None:
-            out.append(msg)
+            return
+        yield stream[pos + 2:pos + 2 + n]
         pos += 2 + n
-    return out
+
+
+def parse_tcp_stream(stream: bytes) -> list[DnsMessage]:
+    """The DNS messages of a kept TCP stream."""
+    return [m for m in (parse_message(piece) for piece in tcp_messages(stream)) if m is not None]
 
 
 # ------------------------------------------------------------------------------------------------ tunnel view
@@ -176,17 +180,8 @@ def summarize_message(data: bytes) -> DnsSummary | None:
 
 
 def summarize_tcp_stream(stream: bytes) -> list[DnsSummary]:
-    """The tunnel view of DNS over TCP: length-prefixed messages (RFC 1035 4.2.2), as far as the kept bytes go."""
-    out, pos = [], 0
-    while pos + 2 <= len(stream):
-        (n,) = struct.unpack_from("!H", stream, pos)
-        if n == 0 or pos + 2 + n > len(stream):
-            break
-        summary = summarize_message(stream[pos + 2:pos + 2 + n])
-        if summary is not None:
-            out.append(summary)
-        pos += 2 + n
-    return out
+    """The tunnel view of the DNS messages of a kept TCP stream."""
+    return [m for m in (summarize_message(piece) for piece in tcp_messages(stream)) if m is not None]
 
 
 def name_text(labels: tuple[bytes, ...], limit: int = MAX_NAME) -> str:
