@@ -14,9 +14,9 @@ from beaconbuilders import SANDBOX, connections, long_connection
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
 from egressbuilders import Capture
 from egressguard.detect import DETECTORS
-from egressguard.detect.beacon import (PAIR_GAP_EDGES_S, BeaconDetector, Params, hist_quantiles, part_score,
-                                       rhythm)
+from egressguard.detect.beacon import PAIR_GAP_EDGES_S, BeaconDetector, Params
 from egressguard.detect.dns_binding import DnsBinding, DnsObserver
+from egressguard.detect.rhythm import hist_quantiles, measure_rhythm, rita_part_score
 from egressguard.flows import FlowBatch
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.rules import load_rules, parse_rules
@@ -260,17 +260,17 @@ def test_quantiles_of_a_log_histogram():
 def test_rhythm_uses_welford_when_the_values_sit_in_one_bin():
     counts = np.zeros(len(PAIR_GAP_EDGES_S) + 1, np.int64)
     counts[18] = 100
-    r = rhythm(counts, PAIR_GAP_EDGES_S, 100, 70.0, 99 * 0.25)  # sd 0.5 s around 70 s
+    r = measure_rhythm(counts, PAIR_GAP_EDGES_S, 100, 70.0, 99 * 0.25)  # sd 0.5 s around 70 s
     assert r.median == 70.0 and r.mad == pytest.approx(0.6745 * 0.5) and r.skew == 0.0
-    assert part_score(r, 1.0) == pytest.approx((1 + (70 - r.mad) / 70) / 2)
+    assert rita_part_score(r, 1.0) == pytest.approx((1 + (70 - r.mad) / 70) / 2)
 
 
 def test_rhythm_of_exponential_gaps_scores_low():
     rng = np.random.default_rng(8)
     x = rng.exponential(60, 5000)
     counts = np.bincount(np.searchsorted(PAIR_GAP_EDGES_S, x, side="right"), minlength=len(PAIR_GAP_EDGES_S) + 1)
-    r = rhythm(counts, PAIR_GAP_EDGES_S, len(x), float(x.mean()), float(((x - x.mean()) ** 2).sum()))
-    assert r.median == pytest.approx(60 * np.log(2), rel=0.1) and part_score(r, 1.0) < 0.6
+    r = measure_rhythm(counts, PAIR_GAP_EDGES_S, len(x), float(x.mean()), float(((x - x.mean()) ** 2).sum()))
+    assert r.median == pytest.approx(60 * np.log(2), rel=0.1) and rita_part_score(r, 1.0) < 0.6
 
 
 # ---------------------------------------------------------------- registry, real captures

@@ -5,12 +5,8 @@ Three views, each with fixed-size state (detection-science 4.3, the streaming fo
 
 * connection starts per (sandbox, destination address, port, protocol) across flows: a bounded pair table holds a
   log histogram and Welford mean/M2 of the intervals between starts and of the bytes the sandbox sent per
-  connection, the count and the first and last start. Scores follow RITA v5 (`activecm/rita` analysis/beacons.go):
-  timing = (1 - |Bowley skew| + MAD score) / 2 over the intervals, the same over the sizes, coverage =
-  (last - first start) / the capture time seen; RITA's fourth part, how evenly connections spread over the day's
-  24 hours, cannot be measured on captures of minutes, so it is replaced by the evenness of the intervals
-  themselves (1 - their coefficient of variation). Quantiles come from the histograms; when the values sit inside
-  one or two bins the Welford mean and deviation are finer and are used instead (a normal shape).
+  connection, the count and the first and last start; scored as RITA v5 does (detect/rhythm.py beacon_score),
+  coverage being (last - first start) / the capture time seen.
 * bursts inside one long flow, from the flow kernel's burst state (flows/conversation.py update_bursts), merged
   over the records an active timeout cut a connection into: C2 polling or a reverse shell's keepalive every 30 s
   inside one TLS connection.
@@ -28,7 +24,6 @@ issue 713), one severity level lower, with a sentence saying which rule allows i
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -37,6 +32,9 @@ import numpy as np
 from egressguard.allowlist import Allowlist
 from egressguard.detect.base import BatchResult
 from egressguard.detect.dns_binding import DnsBinding
+from egressguard.detect.rhythm import (BEACON_BUCKETS, LONG_BUCKETS, Rhythm, add_to_histograms, beacon_score,
+                                       bin_of, checkin_intervals, measure_rhythm, merge_welford,
+                                       merge_welford_groups, rita_bucket, rita_severity)
 from egressguard.flows import FlowBatch, burst_bytes
 from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
 from egressguard.netaddr import address_text
@@ -55,12 +53,6 @@ PAIR_GAP_EDGES_S = 2.0 ** ((np.arange(1, PAIR_BINS) - 6) / 2)
 # bytes per connection: bin k >= 1 from 2^(k / 2) B (1.4 B ... 11.9 MB)
 PAIR_SIZE_EDGES_B = 2.0 ** (np.arange(1, PAIR_BINS) / 2)
 FLOW_GAP_EDGES_S = BURST_INTERVAL_EDGES_MS / 1000.0
-NORMAL_MAD = 0.6745  # MAD = 0.6745 sd and IQR = 1.349 sd for a normal distribution
-RITA_MIN_IQR = 10.0  # RITA: Bowley skew forced to 0 when Q3 - Q1 < 10 (seconds, bytes)
-# RITA v5 default_config.hjson: beacon score thresholds base 50 / low 70 / medium 90 / high 100 % and long-connection
-# thresholds 3600 / 14400 / 28800 / 43200 s, mapped to 0.2 / 0.4 / 0.6 / 0.8 by linear interpolation (config.go)
-BEACON_BUCKETS = ((0.5, 0.2), (0.7, 0.4), (0.9, 0.6), (1.0, 0.8))
-LONG_BUCKETS = ((3600.0, 0.2), (14400.0, 0.4), (28800.0, 0.6), (43200.0, 0.8))
 
 
 @dataclass(frozen=True)
@@ -149,79 +141,6 @@ class _Pairs:
             a[s] = 0
 
 
-def _add_counts(hist: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
-    """hist[rows, cols] += 1 for every pair (repeats counted), faster than np.add.at."""
-    if len(rows):
-        idx, cnt = np.unique(rows * hist.shape[1] + cols, return_counts=True)
-        hist.ravel()[idx] += cnt.astype(hist.dtype)
-
-
-@dataclass(frozen=True)
-class Rhythm:
-    """Robust summary of one series: median, MAD and Bowley skew (estimated), mean and standard deviation."""
-
-    n: int
-    median: float
-    mad: float
-    skew: float
-    mean: float
-    sd: float
-
-    def cv(self) -> float:
-        return self.sd / self.mean if self.mean > 0 else 0.0
-
-
-def hist_quantiles(counts: np.ndarray, edges: np.ndarray, qs=(0.25, 0.5, 0.75)) -> list[float]:
-    """Quantiles of values binned at log-spaced left edges (bin 0 below edges[0]), interpolated geometrically."""
-    ratio = edges[1] / edges[0]
-    lo = np.r_[edges[0] / ratio, edges]
-    hi = np.r_[edges, edges[-1] * ratio]
-    counts = counts.astype(np.float64)
-    cum = np.cumsum(counts)
-    out = []
-    for q in qs:
-        target = max(q * cum[-1], 1e-9)
-        k = int(np.searchsorted(cum, target))
-        frac = (target - (cum[k] - counts[k])) / counts[k]
-        out.append(float(lo[k] * (hi[k] / lo[k]) ** frac))
-    return out
-
-
-def rhythm(counts: np.ndarray | None, edges: np.ndarray, n: int, mean: float, m2: float) -> Rhythm:
-    """A series' Rhythm from its histogram (None: none kept, the normal shape is assumed) and Welford state."""
-    sd = math.sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else 0.0
-    if counts is not None and counts.sum() > 0:
-        q1, q2, q3 = hist_quantiles(counts, edges)
-        if q3 - q1 <= 2 * NORMAL_MAD * sd:  # the histogram is the finer description
-            iqr = q3 - q1
-            skew = 0.0 if iqr < RITA_MIN_IQR or q2 in (q1, q3) else (q1 + q3 - 2 * q2) / iqr
-            return Rhythm(n, q2, iqr / 2, skew, mean, sd)
-    # the values sit inside a bin or two (the bins would spread them): the Welford moments are finer
-    return Rhythm(n, mean, NORMAL_MAD * sd, 0.0, mean, sd)
-
-
-def part_score(r: Rhythm, default_below_one: float) -> float:
-    """RITA's (skew score + MAD score) / 2; MAD score (median - MAD) / median, a default when the median is < 1."""
-    mad_score = max(0.0, (r.median - r.mad) / r.median) if r.median >= 1 else default_below_one
-    return (1 - abs(r.skew) + mad_score) / 2
-
-
-def bucket(value: float, buckets) -> float:
-    """RITA's linear interpolation of a value into its 0.2 / 0.4 / 0.6 / 0.8 buckets (0 below the base)."""
-    if value < buckets[0][0]:
-        return 0.0
-    for (x0, y0), (x1, y1) in zip(buckets, buckets[1:]):
-        if value < x1:
-            return y0 + (y1 - y0) * (value - x0) / (x1 - x0)
-    return buckets[-1][1]
-
-
-def severity_of(score: float) -> Severity:
-    """RITA's severities: > 0.8 critical, >= 0.6 high, >= 0.4 medium, else low."""
-    return Severity.CRITICAL if score > 0.8 else Severity.HIGH if score >= 0.6 else \
-        Severity.MEDIUM if score >= 0.4 else Severity.LOW
-
-
 def _hash_pairs(recs: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """A 64-bit hash of (sandbox, destination, port, protocol) of records recs[idx] (splitmix64 rounds)."""
     with np.errstate(over="ignore"):
@@ -232,21 +151,6 @@ def _hash_pairs(recs: np.ndarray, idx: np.ndarray) -> np.ndarray:
             h *= np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(29)
     return h
-
-
-def _welford_merge(state: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
-    """Merge groups (n, mean, M2) into Welford states [rows, 3] (Chan et al.), in place."""
-    n0, mean0, m20 = state[:, 0], state[:, 1], state[:, 2]
-    total = n0 + n
-    delta = mean - mean0
-    safe = np.maximum(total, 1)
-    state[:, 1] = np.where(total > 0, mean0 + delta * n / safe, 0.0)
-    state[:, 2] = m20 + m2 + delta ** 2 * n0 * n / safe
-    state[:, 0] = total
-
-
-def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.searchsorted(edges, values, side="right")
 
 
 class BeaconDetector:
@@ -341,29 +245,18 @@ class BeaconDetector:
         t = recs["first_seen_ns"][idx].astype(np.int64)
         order = np.lexsort((t, slot))
         slot, t = slot[order], t[order]
-        # starts in the same whole second (of `same_checkin_s`) are one check-in, as RITA's unique timestamps
         unit = max(int(self.params.same_checkin_s * 1e9), 1)
-        head = np.r_[True, slot[1:] != slot[:-1]]
-        new_pair = head & (p.count[slot] == 0)
-        prev_unit = np.where(head, p.last_ns[slot] // unit, np.r_[0, t[:-1] // unit])
-        checkin = new_pair | (t // unit != prev_unit)
-        ci = np.flatnonzero(checkin)
-        first_ci = np.r_[True, slot[ci][1:] != slot[ci][:-1]]
-        prev_t = np.where(first_ci, p.last_ns[slot[ci]], np.r_[0, t[ci][:-1]])
-        gap_s = (t[ci] - prev_t) / 1e9
-        # the first start of a pair has no interval; one older than the pair's latest (flows end out of order
-        # across batches) adds none either
-        interval = ~new_pair[ci] & (gap_s > 0)
-        gslot, gap_s = slot[ci][interval], gap_s[interval]
+        new_pair, ci, gap_at, gap_s = checkin_intervals(slot, t, p.last_ns[slot], p.count[slot] == 0, unit)
+        gslot = slot[gap_at]
         sent = recs["orig_payload_bytes"][idx[order]].astype(np.float64)
         p.count[uslots] += per_pair
         cs, cc = np.unique(slot[ci], return_counts=True)
         p.checkins[cs] += cc
         p.first_ns[slot[new_pair]] = t[new_pair]
-        _merge_groups(p.gap, gslot, gap_s)
-        _merge_groups(p.sent, slot, sent)
-        _add_counts(p.gap_hist, gslot, _bins(gap_s, PAIR_GAP_EDGES_S))
-        _add_counts(p.sent_hist, slot, _bins(sent, PAIR_SIZE_EDGES_B))
+        merge_welford_groups(p.gap, gslot, gap_s)
+        merge_welford_groups(p.sent, slot, sent)
+        add_to_histograms(p.gap_hist, gslot, bin_of(gap_s, PAIR_GAP_EDGES_S))
+        add_to_histograms(p.sent_hist, slot, bin_of(sent, PAIR_SIZE_EDGES_B))
         if len(ci):  # rows are sorted by time within each pair: its last check-in row holds its latest start
             last_ci = ci[np.r_[slot[ci][1:] != slot[ci][:-1], True]]
             p.last_ns[slot[last_ci]] = np.maximum(p.last_ns[slot[last_ci]], t[last_ci])
@@ -381,28 +274,23 @@ class BeaconDetector:
         p.dirty[slots] = False
         span_s = max((self._span[1] - self._span[0]) / 1e9, 1e-9)
         for s in slots.tolist():
-            gaps = rhythm(p.gap_hist[s], PAIR_GAP_EDGES_S, int(p.gap[s, 0]), p.gap[s, 1], p.gap[s, 2])
-            sent = rhythm(p.sent_hist[s], PAIR_SIZE_EDGES_B, int(p.sent[s, 0]), p.sent[s, 1], p.sent[s, 2])
+            gaps = measure_rhythm(p.gap_hist[s], PAIR_GAP_EDGES_S, int(p.gap[s, 0]), p.gap[s, 1], p.gap[s, 2])
+            sent = measure_rhythm(p.sent_hist[s], PAIR_SIZE_EDGES_B, int(p.sent[s, 0]), p.sent[s, 1], p.sent[s, 2])
             covered = (p.last_ns[s] - p.first_ns[s]) / 1e9
-            parts = (part_score(gaps, 1.0), part_score(sent, 0.0), min(1.0, covered / span_s),
-                     max(0.0, 1 - gaps.cv()))
-            beacon = round(sum(parts) / 4, 3)
+            beacon, parts = beacon_score(gaps, sent, min(1.0, covered / span_s))
             if beacon < prm.report_beacon or gaps.median < prm.same_checkin_s or not self._regular(gaps):
                 continue
-            rec = p.latest[s].copy()
-            rec["first_seen_ns"] = p.first_ns[s]
+            rec = _record(p.latest[s], p.first_ns[s])
             evidence = [
                 f"{int(p.count[s])} connections from {_addr(rec, 'orig')} to {_dst(rec)} every "
                 f"{_seconds(gaps.median)} (MAD {_seconds(gaps.mad)}, skew {gaps.skew:.2f}) over "
                 f"{_duration(covered)}; {_size(sent.median)} sent each \u00b1{100 * sent.cv():.0f}%",
-                f"RITA-style beacon score {beacon:.2f}: timing {parts[0]:.2f}, size {parts[1]:.2f}, coverage "
-                f"{parts[2]:.2f} of {_duration(span_s)} seen, evenness {parts[3]:.2f}"]
-            details = {"beacon": {"scope": "connections", "connections": int(p.count[s]),
-                                  "interval_s": round(gaps.median, 3), "mad_s": round(gaps.mad, 3),
-                                  "skew": round(gaps.skew, 3), "bytes_sent": round(sent.median, 1),
-                                  "score": beacon, "parts": [round(x, 3) for x in parts]}}
-            self._emit(FindingKind.BEACON, bucket(beacon, BEACON_BUCKETS), rec, evidence, details, capture, result,
-                       lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
+                _score_sentence(beacon, parts, f" of {_duration(span_s)} seen")]
+            details = {"beacon": {"scope": "connections", "connections": int(p.count[s]), **_timing(gaps),
+                                  "bytes_sent": round(sent.median, 1), "score": beacon,
+                                  "parts": [round(x, 3) for x in parts]}}
+            self._emit(FindingKind.BEACON, rita_bucket(beacon, BEACON_BUCKETS), rec, evidence, details, capture,
+                       result, lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
 
     def _regular(self, gaps: Rhythm) -> bool:
         prm = self.params
@@ -438,25 +326,17 @@ class BeaconDetector:
                                           "proto"))
         conn = self._open.pop(key, None) if rec["flow_flags"] & int(FlowFlag.CONTINUED) else None
         if conn is None:
-            conn = {"first_ns": int(rec["first_seen_ns"]), "n": 0, "mean": 0.0, "m2": 0.0, "bursts": 0,
-                    "hist": np.zeros(len(FLOW_GAP_EDGES_S) + 1, np.int64), "bytes": [0, 0.0, 0.0],
-                    "reported": {}}
+            # "gaps" and "bytes": Welford (n, mean, M2) of the intervals between bursts and of the bytes per burst
+            conn = {"first_ns": int(rec["first_seen_ns"]), "gaps": (0, 0.0, 0.0), "bytes": (0, 0.0, 0.0),
+                    "bursts": 0, "hist": np.zeros(len(FLOW_GAP_EDGES_S) + 1, np.int64), "reported": {}}
         n = int(rec["burst_count"])
         k = max(n - 1, 0)  # intervals in this record
         if k:
-            total = conn["n"] + k
-            delta = float(rec["burst_interval_mean"]) - conn["mean"]
-            conn["m2"] += float(rec["burst_interval_m2"]) + delta ** 2 * conn["n"] * k / total
-            conn["mean"] += delta * k / total
-            conn["n"] = total
+            conn["gaps"] = merge_welford(*conn["gaps"], k, float(rec["burst_interval_mean"]),
+                                         float(rec["burst_interval_m2"]))
             conn["hist"] += rec["burst_interval_hist"]
         if n:
-            b = conn["bytes"]
-            total = b[0] + n
-            delta = bytes_mean - b[1]
-            b[2] += bytes_sd ** 2 * (n - 1) + delta ** 2 * b[0] * n / total
-            b[1] += delta * n / total
-            b[0] = total
+            conn["bytes"] = merge_welford(*conn["bytes"], n, bytes_mean, bytes_sd ** 2 * (n - 1))
         conn["bursts"] += n
         conn["last_ns"] = int(rec["last_seen_ns"])
         if rec["end_reason"] == int(EndReason.ACTIVE_TIMEOUT):
@@ -469,31 +349,29 @@ class BeaconDetector:
     def _judge_bursts(self, rec: np.void, conn: dict, capture: str, result: BatchResult) -> None:
         prm = self.params
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
-        if conn["bursts"] < prm.min_bursts or conn["n"] < prm.min_intervals or span_s < prm.min_flow_span_s:
+        n_gaps, mean_gap, _ = conn["gaps"]
+        if conn["bursts"] < prm.min_bursts or n_gaps < prm.min_intervals or span_s < prm.min_flow_span_s:
             return
-        gaps = rhythm(conn["hist"], FLOW_GAP_EDGES_S, conn["n"], conn["mean"], conn["m2"])
+        gaps = measure_rhythm(conn["hist"], FLOW_GAP_EDGES_S, *conn["gaps"])
         b = conn["bytes"]
-        sizes = rhythm(None, PAIR_SIZE_EDGES_B, int(b[0]), b[1], b[2])
-        covered = min(1.0, conn["n"] * conn["mean"] / span_s) if span_s > 0 else 0.0
-        parts = (part_score(gaps, 1.0), part_score(sizes, 0.0), covered, max(0.0, 1 - gaps.cv()))
-        beacon = round(sum(parts) / 4, 3)
+        sizes = measure_rhythm(None, PAIR_SIZE_EDGES_B, int(b[0]), b[1], b[2])
+        covered = min(1.0, n_gaps * mean_gap / span_s) if span_s > 0 else 0.0
+        beacon, parts = beacon_score(gaps, sizes, covered)
         if beacon < prm.report_beacon or not self._regular(gaps):
             return
-        score = bucket(beacon, BEACON_BUCKETS)
+        score = rita_bucket(beacon, BEACON_BUCKETS)
         keepalive = sizes.mean < prm.keepalive_bytes
         out = _record(rec, conn["first_ns"])
         evidence = [
             f"{_addr(rec, 'orig')} holds one connection to {_dst(rec)} open for {_duration(span_s)} with "
             f"{conn['bursts']} bursts of traffic every {_seconds(gaps.median)} (MAD {_seconds(gaps.mad)}, skew "
             f"{gaps.skew:.2f}); {_size(sizes.mean)} per burst \u00b1{100 * sizes.cv():.0f}%",
-            f"RITA-style beacon score {beacon:.2f}: timing {parts[0]:.2f}, size {parts[1]:.2f}, coverage "
-            f"{parts[2]:.2f}, evenness {parts[3]:.2f}"]
+            _score_sentence(beacon, parts)]
         if keepalive:
             score = min(score, 0.2)
             evidence.append(f"the bursts are keepalive-sized (under {prm.keepalive_bytes:.0f} B on average), as "
                             "MQTT, WebSocket, HTTP/2 and SSH keepalives are")
-        details = {"beacon": {"scope": "bursts", "bursts": conn["bursts"], "interval_s": round(gaps.median, 3),
-                              "mad_s": round(gaps.mad, 3), "skew": round(gaps.skew, 3),
+        details = {"beacon": {"scope": "bursts", "bursts": conn["bursts"], **_timing(gaps),
                               "bytes_per_burst": round(sizes.mean, 1), "keepalive_sized": keepalive,
                               "score": beacon, "parts": [round(x, 3) for x in parts]}}
         self._emit(FindingKind.BEACON, score, out, evidence, details, capture, result,
@@ -503,7 +381,7 @@ class BeaconDetector:
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
         if span_s < self.params.long_connection_s:
             return
-        score = bucket(min(span_s, LONG_BUCKETS[-1][0]), LONG_BUCKETS)
+        score = rita_bucket(min(span_s, LONG_BUCKETS[-1][0]), LONG_BUCKETS)
         pieces = "" if conn["first_ns"] == int(rec["first_seen_ns"]) else \
             " (several records: the active timeout cut it)"
         still = "still open" if rec["end_reason"] == int(EndReason.ACTIVE) else "open"
@@ -520,7 +398,7 @@ class BeaconDetector:
     def _emit(self, kind: FindingKind, score: float, rec: np.void, evidence: list[str], details: dict,
               capture: str, result: BatchResult, remember, reported: int) -> None:
         """Append a finding unless one at this severity or worse was already reported for the same subject."""
-        severity = severity_of(score)
+        severity = rita_severity(score)
         allowed = self._allowed(rec)
         if allowed:
             severity = Severity(max(int(Severity.LOW), int(severity) - 1))
@@ -547,17 +425,13 @@ class BeaconDetector:
         return f"{entry.label()} via {', '.join(names[:3])}" if entry is not None else ""
 
 
-def _merge_groups(state: np.ndarray, slot: np.ndarray, x: np.ndarray) -> None:
-    """Merge the values x of each slot group into the Welford states state[slot] (in place)."""
-    if not len(slot):
-        return
-    uniq, inv = np.unique(slot, return_inverse=True)
-    n = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-    mean = np.bincount(inv, x, len(uniq)) / n
-    m2 = np.bincount(inv, (x - mean[inv]) ** 2, len(uniq))
-    part = state[uniq]
-    _welford_merge(part, n, mean, m2)
-    state[uniq] = part
+def _score_sentence(beacon: float, parts: tuple, coverage_of: str = "") -> str:
+    return (f"RITA-style beacon score {beacon:.2f}: timing {parts[0]:.2f}, size {parts[1]:.2f}, coverage "
+            f"{parts[2]:.2f}{coverage_of}, evenness {parts[3]:.2f}")
+
+
+def _timing(gaps: Rhythm) -> dict:
+    return {"interval_s": round(gaps.median, 3), "mad_s": round(gaps.mad, 3), "skew": round(gaps.skew, 3)}
 
 
 def _store(arr: np.ndarray, i: int, value: int) -> None:
@@ -601,4 +475,4 @@ def _size(b: float) -> str:
     return f"{b:.0f} B" if b < 1000 else f"{b / 1000:.1f} kB" if b < 1e6 else f"{b / 1e6:.1f} MB"
 
 
-__all__ = ["BeaconDetector", "Params", "Rhythm", "hist_quantiles", "rhythm"]
+__all__ = ["BeaconDetector", "Params"]
