@@ -12,7 +12,12 @@ spliced in with their timestamps shifted to the middle of the flood, in their or
 Then `egressguard analyze --format jsonl --rules captures/rules.toml` runs on it in a subprocess for each capacity
 (default: the CLI default 262144 and 65536) and reports flows, wall time, peak RSS, evictions, payload slots
 exhausted, and whether the reverse_ssh_tunnel finding is still there (and what its flow record says).
-Results go to benchmarks/data/flood_last_run.json.
+Results go to benchmarks/data/flood_last_run.json. The run fails (exit 1) when the tunnel is lost at any capacity.
+
+What keeps the tunnel (flows/kernels.py): one-way flows, which are the flood here, go first when the table evicts and
+may not take the last quarter of the payload slots; before that rule the tunnel's banner found no free slot at the
+default capacity (tunnel lost) and its pauses got it evicted at 65536 (8 fragments). tests/test_flood.py runs the
+same flood at 1/30 of the size through a 4096-flow table.
 """
 from __future__ import annotations
 

@@ -125,51 +125,57 @@ class SandboxBook:
     def _key(hi: int, lo: int) -> int:
         return (hi << 64) | lo
 
-    def _get(self, key: int, rec: np.void) -> _Sandbox:
+    def _get(self, key: int, version: int) -> _Sandbox:
         box = self._sandboxes.get(key)
         if box is None:
             if len(self._sandboxes) >= self.max_sandboxes:  # forget the least recently active
                 oldest = min(self._sandboxes, key=lambda k: self._sandboxes[k].last_active_ns)
                 del self._sandboxes[oldest]
-            box = self._sandboxes[key] = _Sandbox(format_address(int(rec["orig_hi"]), int(rec["orig_lo"]),
-                                                                 int(rec["ip_version"])))
+            box = self._sandboxes[key] = _Sandbox(format_address(key >> 64, key & ((1 << 64) - 1), version))
         return box
 
-    def add_flows(self, recs: np.ndarray, inside: np.ndarray, finished: bool, new_since_ns: int = 0) -> None:
-        """Count flows opened by sandboxes (`inside` marks rows whose originator is one): finished flows add to the
-        totals; a snapshot of open flows replaces the open counts. Grouped in numpy, so a flood costs one pass;
-        destinations are checked for novelty only for flows that started after `new_since_ns`, at most
-        NEW_DESTINATIONS_PER_CALL of them (the rest are counted in `untracked`)."""
-        if not finished:
-            for box in self._sandboxes.values():
-                box.open_flows = box.open_bytes_out = 0
-        rows = recs[inside]
-        if not len(rows):
+    def _per_sandbox(self, cols, inside: np.ndarray):
+        """(sandbox, flows, bytes sent, latest packet, a row) per originator among the `inside` rows, grouped in
+        numpy so that a flood costs one pass."""
+        hi, lo = cols["orig_hi"][inside], cols["orig_lo"][inside]
+        if not len(hi):
             return
-        keys = np.stack([rows["orig_hi"], rows["orig_lo"]], axis=1)
+        keys = np.stack([hi, lo], axis=1)
         uniq, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         group = group.reshape(-1)
         counts = np.bincount(group, minlength=len(uniq))
-        sent = np.bincount(group, weights=rows["orig_bytes"].astype(np.float64), minlength=len(uniq))
+        sent = np.bincount(group, weights=cols["orig_bytes"][inside].astype(np.float64), minlength=len(uniq))
         latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(latest, group, rows["last_seen_ns"].astype(np.int64))
-        for g, (hi, lo) in enumerate(uniq.tolist()):
-            rec = rows[first[g]]
-            box = self._get(self._key(hi, lo), rec)
-            if finished:
-                box.flows += int(counts[g])
-                box.bytes_out += int(sent[g])
-            else:
-                box.open_flows += int(counts[g])
-                box.open_bytes_out += int(sent[g])
-            box.mac = int(rec["orig_mac"]) or box.mac
+        np.maximum.at(latest, group, cols["last_seen_ns"][inside].astype(np.int64))
+        rows = np.flatnonzero(inside)[first]
+        for g, (h, l) in enumerate(uniq.tolist()):
+            row = int(rows[g])
+            box = self._get(self._key(h, l), int(cols["ip_version"][row]))
+            box.mac = int(cols["orig_mac"][row]) or box.mac
             box.last_active_ns = max(box.last_active_ns, int(latest[g]))
-        fresh = np.flatnonzero(rows["first_seen_ns"] >= new_since_ns) if not finished else np.arange(len(rows))
+            yield box, int(counts[g]), int(sent[g])
+
+    def count_open(self, cols: dict[str, np.ndarray], inside: np.ndarray) -> None:
+        """Replace the open-flow counts with those of the live table's columns (`FlowTable.live_columns`)."""
+        for box in self._sandboxes.values():
+            box.open_flows = box.open_bytes_out = 0
+        for box, flows, sent in self._per_sandbox(cols, inside):
+            box.open_flows, box.open_bytes_out = flows, sent
+
+    def add_flows(self, recs: np.ndarray, inside: np.ndarray, finished: bool) -> None:
+        """Flows opened by sandboxes (`inside` marks rows whose originator is one): finished flows add to the
+        totals; every row is checked for a new destination, at most NEW_DESTINATIONS_PER_CALL of them (the rest
+        are counted in `untracked`)."""
+        if finished:
+            for box, flows, sent in self._per_sandbox(recs, inside):
+                box.flows += flows
+                box.bytes_out += sent
+        fresh = np.flatnonzero(inside)
         if len(fresh) > NEW_DESTINATIONS_PER_CALL:
             self.untracked += len(fresh) - NEW_DESTINATIONS_PER_CALL
             fresh = fresh[:NEW_DESTINATIONS_PER_CALL]
         for i in fresh.tolist():
-            rec = rows[i]
+            rec = recs[i]
             key = self._key(int(rec["orig_hi"]), int(rec["orig_lo"]))
             dest = (key, int(rec["resp_hi"]), int(rec["resp_lo"]), int(rec["resp_port"]), int(rec["proto"]))
             if dest in self._seen:
@@ -275,6 +281,7 @@ class LiveMonitor:
         self._finished = 0
         self._reload = threading.Event()
         self._last_round_ns = 0
+        self._round_started_ns = 0
         self.done = False
         self._refresh_view()
 
@@ -391,17 +398,19 @@ class LiveMonitor:
 
     def _judge_open_flows(self) -> None:
         """Judge the open flows that saw packets since the last round (a flow that did not change has no new
-        evidence); the per-sandbox open counts come from all of them."""
-        snap = self.table.snapshot()
-        recs = snap.records
-        self._active = len(recs)
-        inside = self.rules.current.inside(recs["orig_hi"], recs["orig_lo"]) if len(recs) else np.zeros(0, bool)
-        self.book.add_flows(recs, inside, finished=False, new_since_ns=self._last_round_ns)
-        changed = recs["last_seen_ns"] >= self._last_round_ns
-        self._last_round_ns = int(recs["last_seen_ns"].max()) + 1 if len(recs) else self._last_round_ns
-        if not changed.any():
+        evidence); the per-sandbox open counts come from a few columns of all of them."""
+        rules = self.rules.current
+        cols = self.table.live_columns("orig_hi", "orig_lo", "orig_bytes", "orig_mac", "last_seen_ns", "ip_version")
+        self._active = len(cols["orig_hi"])
+        self.book.count_open(cols, rules.inside(cols["orig_hi"], cols["orig_lo"]))
+        batch = self.table.snapshot(since_ns=self._last_round_ns)
+        recs = batch.records
+        if not len(recs):
             return
-        batch = snap if changed.all() else FlowBatch(recs[changed], self.table, releasable=False)
+        self._last_round_ns = int(recs["last_seen_ns"].max()) + 1
+        new = recs["first_seen_ns"] >= self._round_started_ns  # flows that began since the last round
+        self._round_started_ns = self._last_round_ns
+        self.book.add_flows(recs[new], rules.inside(recs["orig_hi"][new], recs["orig_lo"][new]), finished=False)
         detectors = self._round_detectors()
         result = run_detectors(detectors, batch, self.name)
         result.extend(finish_detectors(detectors, self.name))

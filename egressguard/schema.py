@@ -132,7 +132,8 @@ class FlowFlag(enum.IntFlag):
 
     NONE = 0
     SAW_SYN = 1  # a bare SYN opened the flow: orig/resp roles are certain
-    SLOT_DENIED = 2  # the flow carried payload but the payload pool was full
+    SLOT_DENIED = 2  # the flow carried payload but ended without a payload slot (pool empty, or never answered while
+    # only the reserved quarter was free); the value 16 is used inside the flow table only (kernels.F_SLOT_WAITING)
     CONTINUED = 4  # the flow was split by the active timeout; an earlier record covers its start
     PORT_REUSE = 8  # a new SYN on a closed 5-tuple started this flow
 

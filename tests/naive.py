@@ -15,17 +15,23 @@ egressguard/flows/kernels.py, written as directly as possible:
   record gets PORT_REUSE); older than the active timeout since the record's first packet -> END_ACTIVE_TIMEOUT (the
   new record keeps the orientation and SAW_SYN and gets CONTINUED). The idle timeout is other_idle for non-TCP; for
   TCP it is closed_idle when the connection is closed, else tcp_idle;
+* a flow is two-way once both sides sent a packet (orig_pkts > 0 and resp_pkts > 0), else one-way;
 * a new record in a full table runs eviction scans while the table is full and the output buffer has room: a scan
-  takes T = the k-th smallest last_seen_ns of the live records, k = max(1, capacity // EVICT_FRACTION), then walks
-  the records in index order emitting (END_EVICTED, counted) every live one last seen at or before T. When the
-  output buffer fills, the scan stops and a later scan continues from there with the same T;
+  with k = max(1, capacity // EVICT_FRACTION) takes, when at least k live flows are one-way, T = the k-th smallest
+  last_seen_ns of the one-way flows and evicts only one-way flows; else T = the k-th smallest last_seen_ns of all
+  live records and evicts any kind. It walks the records in index order emitting (END_EVICTED, counted) every live
+  one of its kind (judged when the scan reaches it) last seen at or before T. When the output buffer fills, the scan
+  stops and a later scan continues from there with the same T and kind;
 * TCP payload whose sequence number lies before the direction's next expected one is a retransmission: counted, not
   added to the payload statistics and not kept (a SYN only sets the next expected number; 0 means unknown);
 * the first ``keep_packets`` fresh payload packets per direction keep their first bytes (``keep_bytes`` per
   direction in all), and the first ``sequence_length`` fresh payload packets of the flow give the early sequence
   (+size orig / -size resp, microseconds since first_seen), even when none of its bytes were captured; this
-  needs a payload slot, taken at the first such packet; when none is free the flow gets SLOT_DENIED (counted
-  once) and never keeps payload;
+  needs a payload slot, asked for at each such packet until the flow has one or is denied: a one-way flow is
+  refused while free slots * SLOT_RESERVE_FRACTION <= payload_slots (it is marked SLOT_WAITING and asks again
+  with its next payload packet, e.g. once answered); a two-way flow finding no slot free gets SLOT_DENIED (counted
+  once, WAITING cleared) and never keeps payload; a flow still WAITING when it is emitted leaves with SLOT_DENIED
+  instead and is counted then; WAITING never appears in emitted records or snapshots;
 * every fresh payload packet (with or without a slot) counts in the flow's bursts: times in whole ms after
   first_seen (clipped to 0 .. 2^32-1); a packet >= 1000 ms after the last payload packet closes the open burst
   (bytes -> burst-size Welford; interval since the previous start -> interval Welford and log histogram, whose
@@ -46,6 +52,8 @@ from egressguard.schema import FLOW_DTYPE, PACKET_DTYPE
 M64 = (1 << 64) - 1
 TCP, FIN, SYN, RST, ACK = 6, 0x01, 0x02, 0x04, 0x10
 SAW_SYN, SLOT_DENIED, CONTINUED, PORT_REUSE = 1, 2, 4, 8
+SLOT_WAITING = 16  # the table's internal mark of a one-way flow refused by the slot reserve
+SLOT_RESERVE_FRACTION = 4  # one-way flows may not take the last quarter of the payload slots
 ACTIVE, END_IDLE, END_ACTIVE_TIMEOUT, END_EVICTED, END_OF_INPUT, END_PORT_REUSE = 0, 1, 2, 3, 4, 5
 EVICT_FRACTION = 16  # an eviction scan evicts down to the k-th oldest flow, k = max(1, capacity // EVICT_FRACTION)
 FLOW_FIELDS = FLOW_DTYPE.names
@@ -101,6 +109,11 @@ def make_packets(rows: list[dict]) -> np.ndarray:
     return out
 
 
+def two_way(rec: dict) -> bool:
+    """Both sides of the flow sent a packet."""
+    return rec["orig_pkts"] > 0 and rec["resp_pkts"] > 0
+
+
 def _seq_before(seq: int, next_seq: int) -> bool:
     diff = (seq - next_seq) & 0xFFFFFFFF
     return diff >= 0x80000000
@@ -138,6 +151,10 @@ class NaiveFlowTable:
         self.free = list(range(settings.capacity - 1, -1, -1))  # stack of free record indices, top = end
         self.evict_pos = -1  # where an unfinished eviction scan continues, -1 when none is under way
         self.evict_before = 0  # that scan's threshold T
+        self.evict_one_way = False  # that scan evicts only one-way flows
+        self.one_way_scans = 0  # scans that evicted only one-way flows (the rest evicted any kind)
+        self.reserve_refusals = 0  # payload packets of one-way flows refused by the slot reserve
+        self.waited_then_kept = 0  # flows refused by the reserve that got a slot later
         self.n_out = 0  # records emitted by update() into the kernel's output buffer since the last hand-out
         self.evict_scans = self.evict_resumes = 0  # eviction scans started; scans continued after out filled
         self.free_slots = list(range(settings.payload_slots - 1, -1, -1))
@@ -188,6 +205,9 @@ class NaiveFlowTable:
         rec["burst_interval_hist"] = tuple(rec["burst_interval_hist"])
         rec["end_reason"] = reason
         rec["slot"] = f.slot
+        if rec["flow_flags"] & SLOT_WAITING:  # refused by the reserve, never got a slot: denied after all
+            rec["flow_flags"] = rec["flow_flags"] & ~SLOT_WAITING | SLOT_DENIED
+            self.slot_denied += 1
         self._attach_payload(rec, f)
         if f.slot >= 0:
             self.pending.append(f.slot)
@@ -250,10 +270,17 @@ class NaiveFlowTable:
         if f.slot < 0:
             if rec["flow_flags"] & SLOT_DENIED:
                 return
+            if not two_way(rec) and len(self.free_slots) * SLOT_RESERVE_FRACTION <= self.s.payload_slots:
+                rec["flow_flags"] |= SLOT_WAITING
+                self.reserve_refusals += 1
+                return
             if not self.free_slots:
-                rec["flow_flags"] |= SLOT_DENIED
+                rec["flow_flags"] = rec["flow_flags"] & ~SLOT_WAITING | SLOT_DENIED
                 self.slot_denied += 1
                 return
+            if rec["flow_flags"] & SLOT_WAITING:
+                rec["flow_flags"] &= ~SLOT_WAITING
+                self.waited_then_kept += 1
             f.slot = self.free_slots.pop()
         s = self.s
         if len(f.kept[d]) < s.keep_packets:
@@ -286,13 +313,18 @@ class NaiveFlowTable:
     def _evict_oldest(self, out: list[dict]) -> None:
         """One eviction scan (or the rest of one that the full output buffer interrupted)."""
         if self.evict_pos < 0:
-            times = sorted(f.rec["last_seen_ns"] for _, f in self.live_flows())
-            if not times:
-                return
-            k = min(max(1, self.s.capacity // EVICT_FRACTION), len(times))
+            k = max(1, self.s.capacity // EVICT_FRACTION)
+            times = sorted(f.rec["last_seen_ns"] for _, f in self.live_flows() if not two_way(f.rec))
+            self.evict_one_way = len(times) >= k
+            if not self.evict_one_way:
+                times = sorted(f.rec["last_seen_ns"] for _, f in self.live_flows())
+                if not times:
+                    return
+                k = min(k, len(times))
             self.evict_before = times[k - 1]
             self.evict_pos = 0
             self.evict_scans += 1
+            self.one_way_scans += self.evict_one_way
         else:
             self.evict_resumes += 1
         for i in range(self.evict_pos, self.s.capacity):
@@ -300,7 +332,8 @@ class NaiveFlowTable:
                 self.evict_pos = i
                 return
             f = self.records[i]
-            if f is not None and f.rec["last_seen_ns"] <= self.evict_before:
+            if f is not None and f.rec["last_seen_ns"] <= self.evict_before \
+                    and not (self.evict_one_way and two_way(f.rec)):
                 self._emit(i, END_EVICTED, out)
                 self.evictions += 1
         self.evict_pos = -1
@@ -419,6 +452,7 @@ class NaiveFlowTable:
             rec = dict(f.rec)
             rec["burst_interval_hist"] = tuple(rec["burst_interval_hist"])
             rec["end_reason"] = ACTIVE
+            rec["flow_flags"] &= ~SLOT_WAITING
             rec["slot"] = f.slot
             self._attach_payload(rec, f)
             out.append(rec)

@@ -507,6 +507,51 @@ def test_flush_ends_an_eviction_scan_under_way():
     assert table.evictions == 4 and table.live == 31
 
 
+def test_two_way_marks_flows_both_sides_spoke_in():
+    """two_way is set by the first packet from the side that had not spoken yet (a SYN-ACK answering a SYN, a
+    SYN-ACK seen first then the client's ACK, a UDP answer), never by more packets from one side, and a record
+    reused for a new flow starts one-way; a flow continued by the active timeout starts one-way again."""
+    table = make_table(FlowSettings(capacity=8, payload_slots=0, active_s=10.0))
+    feed(table, [tcp(0, 1, 2, 5555, 22, 0x02), tcp(0.1, 1, 2, 5555, 22, 0x02),  # SYN and its retry: one-way
+                 tcp(0, 3, 4, 6666, 22, 0x12),  # a SYN-ACK seen first: its receiver's side has not spoken
+                 udp(0, 5, 6), udp(0.1, 5, 6)])
+    assert [int(x) for x in table.t.two_way[:3]] == [0, 0, 0]
+    feed(table, [tcp(0.2, 2, 1, 22, 5555, 0x12), tcp(0.2, 4, 3, 22, 6666, 0x10), udp(0.2, 6, 5, sport=53, dport=1000)])
+    assert [int(x) for x in table.t.two_way[:3]] == [1, 1, 1]
+    feed(table, [udp(10.5, 5, 6)])  # active timeout: a CONTINUED record, one-way until the other side speaks
+    t = table.t
+    (i,) = np.flatnonzero(t.used.astype(bool) & ((t.records.flow_flags & FlowFlag.CONTINUED) != 0))
+    assert int(t.records[i].orig_lo) == V4 + 5 and int(t.two_way[i]) == 0
+
+
+def test_one_way_eviction_scan_resumes_with_its_kind_and_spares_a_flow_answered_meanwhile():
+    """A one-way-only scan cut short by the output buffer continues with the same threshold and kind; a flow that
+    was one-way when the scan started but was answered before the scan reached it stays; two-way flows older than
+    the threshold stay throughout."""
+    settings = FlowSettings(capacity=32, payload_slots=0, other_idle_s=1e6)  # k = 2
+    table = make_table(settings, out_size=64)
+    # hosts 10..13: two-way, seen at 0 s (the oldest); 14..41: one-way, seen at 1 s (14, 15, 16 tied) and later
+    rows = []
+    for a in range(10, 14):
+        rows += [udp(0, a, 1), udp(0, 1, a, sport=53, dport=1000)]
+    rows += [udp(1.0 if a < 17 else float(a), a, 1) for a in range(14, 42)]
+    feed(table, rows)
+    assert table.live == 32 and int(table.t.two_way.sum()) == 4
+    one = rec(np.zeros(1, FLOW_DTYPE))
+    n = kernels._evict_oldest(table.t, one, 0)
+    assert n == 1 and int(one[0].orig_lo) - V4 == 14 and int(table.t.meta[kernels.M_EVICT_ONE_WAY]) == 1
+    assert int(table.t.meta[kernels.M_EVICT_POS]) > 0 and int(table.t.meta[kernels.M_EVICT_BEFORE]) == T0 + SEC
+    feed(table, [udp(0.5, 1, 15, sport=53, dport=1000)])  # 15 answered (its last packet stays the older 1 s)
+    gone = []
+    while True:
+        n = kernels._evict_oldest(table.t, one, 0)
+        gone += [int(x) - V4 for x in one[:n].orig_lo]
+        if int(table.t.meta[kernels.M_EVICT_POS]) < 0:
+            break
+    assert gone == [16] and table.evictions == 2
+    assert {10, 11, 12, 13, 15} <= set(live_origs(table))
+
+
 # ---------------------------------------------------------------- kernel rules, one by one
 
 

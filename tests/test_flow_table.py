@@ -17,7 +17,7 @@ import pytest
 
 from egressguard.flows import FlowSettings, FlowTable, kernels
 from egressguard.schema import FLOW_DTYPE, PACKET_DTYPE, EndReason, FlowFlag
-from tests.naive import FLOAT_FIELDS, INT_FIELDS, NaiveFlowTable, make_packets, naive_flows
+from tests.naive import FLOAT_FIELDS, INT_FIELDS, NaiveFlowTable, make_packets, naive_flows, two_way
 
 PUBLIC = Path(__file__).resolve().parents[2] / "shared" / "captures" / "public"
 KEY_FIELDS = ("proto", "orig_hi", "orig_lo", "orig_port", "resp_hi", "resp_lo", "resp_port", "first_seen_ns")
@@ -142,11 +142,13 @@ def assert_same_placement(table: FlowTable, ref: NaiveFlowTable, where: str) -> 
         want = tuple(w.rec[n] for n in KEY_FIELDS) + (w.rec["last_seen_ns"], w.slot)
         assert got == want, f"{where}: record {i} holds {got}, expected {want}"
         assert int(t.seen[i]) == w.rec["last_seen_ns"], f"{where}: seen[{i}] != last_seen_ns"
+        assert bool(t.two_way[i]) == two_way(w.rec), f"{where}: two_way[{i}] differs"
     free_top = int(t.meta[kernels.M_FREE_TOP])
     assert t.free[:free_top].tolist() == ref.free, f"{where}: free stacks differ"
     assert int(t.meta[kernels.M_EVICT_POS]) == ref.evict_pos, f"{where}: eviction scan position"
     if ref.evict_pos >= 0:
         assert int(t.meta[kernels.M_EVICT_BEFORE]) == ref.evict_before, f"{where}: eviction threshold"
+        assert bool(t.meta[kernels.M_EVICT_ONE_WAY]) == ref.evict_one_way, f"{where}: kind of flows evicted"
     assert int(t.meta[kernels.M_SWEEP_POS]) == -1, f"{where}: an idle sweep was left unfinished"
     assert (table.live, table.evictions, table.slot_denied, table.skipped_packets, table.created) == (
         ref.live, ref.evictions, ref.slot_denied, ref.skipped, ref.created), f"{where}: counters differ"
@@ -349,6 +351,10 @@ def test_random_generator_reaches_every_rule():
     for r in records:
         flags |= r["flow_flags"]
     assert flags == int(FlowFlag.SAW_SYN | FlowFlag.SLOT_DENIED | FlowFlag.CONTINUED | FlowFlag.PORT_REUSE)
+    # both kinds of eviction scan, and the slot reserve refusing one-way flows, some of which got a slot later
+    _, ref = naive_flows(random_chunks(0), cramped, out)
+    assert 0 < ref.one_way_scans < ref.evict_scans
+    assert ref.reserve_refusals > 0 and ref.waited_then_kept > 0
     assert sum(r["orig_retransmits"] + r["resp_retransmits"] for r in records) > 0
     assert any(r["ip_version"] == 6 for r in records) and any(r["ip_version"] == 4 for r in records)
     # bursts: flows with several of them, intervals in several histogram bins, out-of-order packets inside a burst
@@ -513,13 +519,20 @@ def test_batch_slots_are_released_once_consumed():
     assert table.t.meta[kernels.M_SLOT_FREE_TOP] == 4
 
 
+def _answer(ts_s: float, a: int, b: int, pl: int = 10) -> dict:
+    """The answer to _udp(ts, b, a) with the default ports."""
+    return _udp(ts_s, a, b, pl=pl, sport=53, dport=1000)
+
+
 def test_slot_exhaustion_sets_flag_and_is_counted():
+    """An answered flow that finds no slot free is denied for good, and counted once, at once."""
     settings = FlowSettings(capacity=16, payload_slots=1, keep_bytes=16, **SMALL)
     table = FlowTable(settings)
     buf = np.arange(256, dtype=np.uint8)
-    rows = [_udp(0, 1, 2), _udp(0.1, 3, 4), _udp(0.2, 5, 6), _udp(0.3, 3, 4), _udp(0.4, 7, 8, pl=0)]
+    rows = [_udp(0, 1, 2), _udp(0.1, 3, 4), _answer(0.15, 4, 3), _udp(0.2, 5, 6), _answer(0.25, 6, 5),
+            _udp(0.3, 3, 4), _udp(0.4, 7, 8, pl=0), _answer(0.45, 8, 7, pl=0)]
     assert list(table.update(make_packets(rows), buf)) == []
-    assert table.slot_denied == 2  # flows 3->4 and 5->6; the empty 7->8 wanted no slot; 3->4 is counted once
+    assert table.slot_denied == 2  # flows 3<->4 and 5<->6; the empty 7<->8 wanted no slot; 3<->4 is counted once
     snap = {(int(r["orig_lo"]) - V4[0]): r for r in table.snapshot().records}
     assert snap[1]["slot"] >= 0 and not snap[1]["flow_flags"] & FlowFlag.SLOT_DENIED
     for k in (3, 5):
@@ -537,6 +550,139 @@ def test_slot_exhaustion_sets_flag_and_is_counted():
     rows_out = [r for b in table.flush() for r in batch_rows(b)]
     denied = [r for r in rows_out if r["flow_flags"] & FlowFlag.SLOT_DENIED]
     assert len(denied) == 2 and all(r["kept_payload"] == ([], []) for r in denied)
+
+
+def test_one_way_flows_leave_the_last_quarter_of_the_slots_to_answered_ones():
+    """One-way flows may not take the last 1/4 of the payload slots; refused, they wait (not denied) and take a slot
+    once answered; a flow answered when no slot is left is denied at once; one still waiting when it ends counts as
+    denied then. Each flow that wanted a slot and never got one is counted exactly once."""
+    settings = FlowSettings(capacity=64, payload_slots=8, keep_bytes=16, **SMALL)
+    run = Run(settings)
+    buf = np.arange(256, dtype=np.uint8)
+
+    def snap() -> dict:
+        return {int(r["orig_lo"]) - V4[0]: r for r in run.table.snapshot().records}
+
+    run.update(make_packets([_udp(i * 0.01, 10 + i, 100, pl=4) for i in range(8)]), buf)
+    assert int(run.table.t.meta[kernels.M_SLOT_FREE_TOP]) == 2  # 6 slots taken, 2 (a quarter) left
+    live = snap()
+    assert all(live[10 + i]["slot"] >= 0 for i in range(6))
+    assert live[16]["slot"] == live[17]["slot"] == -1 and live[16]["flow_flags"] == live[17]["flow_flags"] == 0
+    assert run.table.slot_denied == 0
+    # a conversation: its query is refused (one-way), its answer takes a reserved slot
+    run.update(make_packets([_udp(0.1, 1, 2, pl=5), _answer(0.11, 2, 1, pl=7)]), buf)
+    assert snap()[1]["slot"] >= 0 and int(run.table.t.meta[kernels.M_SLOT_FREE_TOP]) == 1
+    # the refused flow 16 is answered: it takes the last slot, its answer is kept
+    run.update(make_packets([_udp(0.2, 100, 16, pl=3, sport=53, dport=1000)]), buf)
+    assert snap()[16]["slot"] >= 0 and int(run.table.t.meta[kernels.M_SLOT_FREE_TOP]) == 0
+    # flow 17 is answered with no slot left: denied for good, counted now; a new one-way flow waits, not counted
+    run.update(make_packets([_udp(0.3, 100, 17, pl=3, sport=53, dport=1000), _udp(0.4, 30, 100, pl=4)]), buf)
+    live = snap()
+    assert live[17]["flow_flags"] == FlowFlag.SLOT_DENIED and live[30]["flow_flags"] == 0
+    assert run.table.slot_denied == 1
+    run.flush()
+    by_src = {int(r["orig_lo"]) - V4[0]: r for r in run.records}
+    assert by_src[1]["kept_payload"] == ([], [bytes(range(2, 9))])  # the query came before the flow had a slot
+    assert by_src[16]["kept_payload"] == ([], [bytes(range(100, 103))])
+    assert by_src[16]["flow_flags"] == 0 and by_src[1]["flow_flags"] == 0
+    assert by_src[30]["flow_flags"] == FlowFlag.SLOT_DENIED and by_src[30]["kept_payload"] == ([], [])
+    assert run.table.slot_denied == 2 == sum(1 for r in run.records if r["flow_flags"] & FlowFlag.SLOT_DENIED)
+    assert all(r["flow_flags"] < 16 for r in run.records)  # the internal mark never leaves the table
+    want, _ = naive_flows([(make_packets(rows), buf) for rows in (
+        [_udp(i * 0.01, 10 + i, 100, pl=4) for i in range(8)], [_udp(0.1, 1, 2, pl=5), _answer(0.11, 2, 1, pl=7)],
+        [_udp(0.2, 100, 16, pl=3, sport=53, dport=1000)],
+        [_udp(0.3, 100, 17, pl=3, sport=53, dport=1000), _udp(0.4, 30, 100, pl=4)])], settings)
+    assert_same_records(run.records, want)
+
+
+def _tcp(ts_s: float, a: int, b: int, flags: int, seq: int = 0, pl: int = 0, sport: int = 40000,
+         dport: int = 443) -> dict:
+    return dict(ts_ns=T0 + int(round(ts_s * SEC)), src_hi=0, src_lo=V4[0] + a, dst_hi=0, dst_lo=V4[0] + b,
+                sport=sport, dport=dport, proto=6, tcp_flags=flags, tcp_seq=seq, payload_bytes=pl, payload_caplen=pl,
+                payload_offset=0, wire_bytes=54 + pl)
+
+
+def test_flood_of_one_way_flows_spares_a_pausing_conversation():
+    """A TCP conversation (handshake, banners both ways) pauses for 10 s while 1000 spoofed SYNs nobody answers pass
+    through a 64-flow table: the flood evicts only its own flows and the conversation stays one record with every
+    packet and its banners kept, although under plain oldest-first it would have been the first to go. The table
+    and the reference agree on every step."""
+    settings = FlowSettings(capacity=64, payload_slots=8, keep_bytes=64, tcp_idle_s=900.0, other_idle_s=300.0)
+    c, s_ = 1, 2
+    talk = [_tcp(0.0, c, s_, 0x02, seq=100), _tcp(0.01, s_, c, 0x12, seq=500, sport=443, dport=40000),
+            _tcp(0.02, c, s_, 0x10, seq=101), _tcp(0.03, s_, c, 0x18, seq=501, pl=21, sport=443, dport=40000),
+            _tcp(0.04, c, s_, 0x18, seq=101, pl=21)]
+    flood = [_tcp(0.1 + i * 0.009, 1000 + i, 3, 0x02, seq=i, sport=1024 + i % 5000) for i in range(1000)]
+    resume = [_tcp(10.0, c, s_, 0x18, seq=122, pl=36), _tcp(10.01, s_, c, 0x18, seq=522, pl=36, sport=443,
+                                                              dport=40000)]
+    buf = np.frombuffer(b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(64), np.uint8).copy()
+    chunks = [(make_packets(talk), buf)] + [(make_packets(flood[i:i + 250]), buf) for i in range(0, 1000, 250)] + \
+        [(make_packets(resume), buf)]
+    run, ref = assert_matches_naive(chunks, settings, out_size=64)
+    convo = [r for r in run.records if r["orig_lo"] == V4[0] + c]
+    assert len(convo) == 1 and convo[0]["end_reason"] == EndReason.END_OF_INPUT
+    assert (convo[0]["orig_pkts"], convo[0]["resp_pkts"]) == (4, 3) and convo[0]["flow_flags"] == FlowFlag.SAW_SYN
+    assert [b"".join(p)[:7] for p in convo[0]["kept_payload"]] == [b"SSH-2.0"] * 2
+    evicted = [r for r in run.records if r["end_reason"] == EndReason.EVICTED]
+    assert run.table.evictions == len(evicted) == ref.evictions > 900  # counted, one per evicted record
+    assert all(r["resp_pkts"] == 0 for r in evicted)  # only the flood's own flows went
+    # every evicted flow was seen after the conversation paused: plain oldest-first would have evicted it first
+    assert min(r["last_seen_ns"] for r in evicted) > talk[-1]["ts_ns"]
+    assert ref.one_way_scans == ref.evict_scans > 0
+
+
+def test_one_way_flows_are_kept_and_evicted_first():
+    """One-way flows (syslog export, a probe) are flows like any other: recorded, counted, reported. With at least
+    capacity/16 of them live they are the first evicted, younger than every two-way flow though they are; with fewer
+    the table evicts oldest-first, so a steady one-way stream is not cut at every scan."""
+    settings = FlowSettings(capacity=32, payload_slots=4, keep_bytes=16, tcp_idle_s=900.0, other_idle_s=300.0)  # k=2
+    syslog = dict(sport=40514, dport=514)
+    rows = []
+    for i in range(30):  # 30 answered DNS-like flows at 0 .. 0.29 s
+        rows += [_udp(i * 0.01, 10 + i, 200, pl=20), _answer(i * 0.01 + 0.001, 200, 10 + i, pl=60)]
+    rows += [_udp(1.0, 5, 250, pl=80, **syslog), _udp(1.05, 6, 251, pl=0)]  # the syslog stream, a bare probe
+    first = make_packets(rows)
+    buf = np.arange(256, dtype=np.uint8)
+    run = Run(settings, out_size=64)
+    run.update(first, buf)
+    assert run.table.live == 32 and run.table.evictions == 0
+    # a new answered flow: 2 one-way flows live (= k), so exactly those two go, not the 2 oldest answered ones
+    second = make_packets([_udp(2.0, 60, 200, pl=20), _answer(2.05, 200, 60), _udp(2.1, 5, 250, pl=80, **syslog)])
+    run.update(second, buf)
+    evicted = [r for r in run.records if r["end_reason"] == EndReason.EVICTED]
+    assert sorted(int(r["orig_lo"]) - V4[0] for r in evicted) == [5, 6]
+    # the syslog stream goes on in a new record; now one one-way flow (< k): the oldest two answered flows go
+    third = make_packets([_udp(2.2, 61, 200, pl=20), _answer(2.25, 200, 61), _udp(2.3, 5, 250, pl=80, **syslog)])
+    run.update(third, buf)
+    evicted = [int(r["orig_lo"]) - V4[0] for r in run.records if r["end_reason"] == EndReason.EVICTED]
+    assert sorted(evicted) == [5, 6, 10, 11]
+    run.flush()
+    logs = [r for r in run.records if r["orig_lo"] == V4[0] + 5]
+    assert [r["end_reason"] for r in logs] == [EndReason.EVICTED, EndReason.END_OF_INPUT]
+    assert [(r["orig_pkts"], r["resp_pkts"], r["orig_payload_bytes"]) for r in logs] == [(1, 0, 80), (2, 0, 160)]
+    assert run.table.evictions == 4 and run.table.created == 32 + 3
+    _, ref = assert_matches_naive([(first, buf), (second, buf), (third, buf)], settings, out_size=64)
+    assert ref.one_way_scans == 1 and ref.evict_scans == 2
+
+
+@pytest.mark.parametrize("case", RANDOM_CASES)
+def test_counters_match_the_records(case):
+    """payload_slots_exhausted and evictions are honest: slot_denied equals the records with SLOT_DENIED, each of
+    which carried payload and kept no slot; every record with fresh payload had a slot or was denied; evictions
+    equal the EVICTED records."""
+    settings, out_size = RANDOM_CASES[case]
+    for seed in range(2):
+        run = Run(settings, out_size).chunks(random_chunks(seed))
+        denied = [r for r in run.records if r["flow_flags"] & FlowFlag.SLOT_DENIED]
+        assert run.table.slot_denied == len(denied)
+        assert run.table.evictions == sum(r["end_reason"] == EndReason.EVICTED for r in run.records) > 0
+        for r in run.records:
+            had_payload = r["orig_payload_pkts"] + r["resp_payload_pkts"] > 0
+            assert r["flow_flags"] < 16
+            if settings.payload_slots == 0 or not had_payload:
+                assert r["slot"] < 0 and not r["flow_flags"] & FlowFlag.SLOT_DENIED
+            else:
+                assert (r["slot"] >= 0) != bool(r["flow_flags"] & FlowFlag.SLOT_DENIED)
 
 
 def test_snapshot_returns_live_flows_without_removing_them():
@@ -582,10 +728,14 @@ def test_releasing_a_snapshot_leaves_the_live_flows_slots_alone():
     run.update(make_packets([_udp(0.1, 3, 4, pl=5), _udp(0.2, 5, 6, pl=5)]), buf)
     snap = {int(r["orig_lo"]) - V4[0]: r for r in run.table.snapshot().records}
     assert len({int(snap[k]["slot"]) for k in (1, 3)}) == 2 and snap[5]["slot"] == -1
-    assert run.table.slot_denied == 1
+    # 5->6 is one-way: it waits for a slot (the snapshot shows no internal mark) and counts as denied if it ends
+    # without one
+    assert run.table.slot_denied == 0 and snap[5]["flow_flags"] == 0
     assert run.table.kept_stream(live_slot, 0) == bytes(range(1, 6))  # the first flow's payload is intact
     run.flush()
+    assert run.table.slot_denied == 1
     by_src = {int(r["orig_lo"]) - V4[0]: r for r in run.records}
+    assert by_src[5]["flow_flags"] == FlowFlag.SLOT_DENIED
     assert b"".join(by_src[1]["kept_payload"][0]) == bytes(range(1, 6))
     assert b"".join(by_src[3]["kept_payload"][0]) == bytes(range(3, 8))
     # batches handed out by the table are still released

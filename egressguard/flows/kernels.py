@@ -3,9 +3,13 @@
 State lives in `TableArrays` (a NamedTuple of numpy arrays, built by flows/table.py). The hash index uses linear
 probing with backward-shift deletion (no tombstones). Nothing is maintained per packet for ageing: idle sweeps and
 evictions scan the compact `seen` array (last packet time per record), which costs far less than keeping an LRU
-list in order on every packet. When the table is full, one scan evicts the oldest 1/EVICT_FRACTION of the flows at
-once (every evicted flow was idle longer than every kept one). Emitted records are copied into an output array; their
-payload slots stay reserved until the caller releases them, so the caller can read the kept bytes first.
+list in order on every packet. When the table is full, one scan evicts 1/EVICT_FRACTION of the flows at once: the
+oldest one-way flows (one side never sent a packet: half-open SYNs, spoofed UDP/ICMP, scans) while there are that
+many, else the oldest flows of any kind. Payload slots are shared the same way: one-way flows may not take the last
+1/SLOT_RESERVE_FRACTION of them. So a flood of one-packet flows churns among itself and leaves answered
+conversations (a tunnel pausing for seconds, an SSH banner waiting for a slot) alone. Emitted records are copied into
+an output array; their payload slots stay reserved until the caller releases them, so the caller can read the kept
+bytes first.
 """
 from __future__ import annotations
 
@@ -24,14 +28,21 @@ M_SWEEP_NOW = 2  # the time that sweep compares against
 M_FREE_TOP = 3  # number of free record indices on the free stack
 M_SLOT_FREE_TOP = 4
 M_EVICTIONS = 5
-M_SLOT_DENIED = 6  # flows that wanted a payload slot while none was free
+M_SLOT_DENIED = 6  # flows that wanted a payload slot and ended without one (see _keep_payload)
 M_SKIPPED = 7  # packets with no IP addresses (not IP / undecodable), not aggregated
 M_CREATED = 8
 M_EVICT_BEFORE = 9  # an eviction scan under way evicts records last seen at or before this time
 M_EVICT_POS = 10  # where that scan continues, -1 when none is under way
-META_SIZE = 11
+M_EVICT_ONE_WAY = 11  # 1 when that scan evicts only one-way flows, 0 when it evicts flows of any kind
+META_SIZE = 12
 
 EVICT_FRACTION = 16  # a full table frees capacity/16 records per eviction scan (amortises the O(capacity) scan)
+# Payload slots kept back for two-way flows: a one-way flow (a spoofed UDP/ICMP flood, a SYN nobody answered, a scan)
+# may take a slot only while more than 1/SLOT_RESERVE_FRACTION of them are free, so one-packet noise cannot hold every
+# slot when a real conversation's first bytes (an SSH banner, a ClientHello) arrive. Refused, such a flow waits: it
+# takes a slot once answered, and counts as denied only if it ends without one. (A capture that sees one direction
+# only can use 3/4 of the slots.) Engineer E's flood measurements, benchmarks/bench_flood.py.
+SLOT_RESERVE_FRACTION = 4
 
 # params[] indices (int64)
 P_TCP_IDLE_NS = 0
@@ -45,6 +56,9 @@ F_SAW_SYN = 1
 F_SLOT_DENIED = 2
 F_CONTINUED = 4
 F_PORT_REUSE = 8
+# internal: a one-way flow the slot reserve refused, which may still get a slot; _emit turns it into F_SLOT_DENIED
+# (and counts it) when the flow ends without one. Never leaves the table (emitted records and snapshots drop it).
+F_SLOT_WAITING = 16
 END_IDLE = 1
 END_ACTIVE_TIMEOUT = 2
 END_EVICTED = 3
@@ -60,7 +74,8 @@ TCP_ACK = 0x10
 class TableArrays(NamedTuple):
     """All state of one flow table; every field is a numpy array (mutated in place by the kernels).
 
-    records FLOW[capacity]; used u1[capacity]; seen i8[capacity] (last packet time of each used record);
+    records FLOW[capacity]; used u1[capacity]; seen i8[capacity] (last packet time of each used record); two_way
+    u1[capacity] (1 once both sides of the record sent a packet);
     index i4[index_size] (power of two, -1 = empty); free i4[capacity] (stack of free record indices); meta i8[META_SIZE];
     params i8[PARAMS_SIZE]; slot_free i4[n_slots]; keep_data u1[n_slots, 2, keep_bytes] (first payload bytes per
     direction, packets concatenated); keep_len u4[n_slots, 2, keep_pkts] (L4 payload length of each kept packet);
@@ -74,6 +89,7 @@ class TableArrays(NamedTuple):
     records: np.ndarray
     used: np.ndarray
     seen: np.ndarray
+    two_way: np.ndarray
     index: np.ndarray
     free: np.ndarray
     meta: np.ndarray
@@ -158,6 +174,9 @@ def _emit(t, ridx, reason, out, n_out):
         conversation_close(t.conv_i, t.conv_f, t.records[ridx].slot)
     out[n_out] = t.records[ridx]
     out[n_out].end_reason = reason
+    if (out[n_out].flow_flags & F_SLOT_WAITING) != 0:  # refused by the slot reserve and never given a slot
+        out[n_out].flow_flags = (out[n_out].flow_flags & (0xFF ^ F_SLOT_WAITING)) | F_SLOT_DENIED
+        t.meta[M_SLOT_DENIED] += 1
     _index_remove(t, ridx)
     t.used[ridx] = 0
     t.records[ridx].slot = -1
@@ -244,6 +263,7 @@ def _create(t, h, p, orig_is_src, flags):
     for k in range(r.burst_interval_hist.shape[0]):
         r.burst_interval_hist[k] = 0
     t.used[ridx] = 1
+    t.two_way[ridx] = 0
     # insert into the index
     mask = t.index.shape[0] - 1
     pos = np.int64(h & np.uint64(mask))
@@ -340,14 +360,24 @@ def _update_direction_stats(r, d, p, ts):
 
 @njit(cache=True, nogil=True)
 def _keep_payload(t, r, d, p, buf):
-    """Keep the first payload bytes and the (direction, size, time) sequence of early payload packets."""
+    """Keep the first payload bytes and the (direction, size, time) sequence of early payload packets.
+
+    A flow takes a payload slot at its first fresh payload packet. A one-way flow is refused while at most
+    1/SLOT_RESERVE_FRACTION of the slots are free and asks again with its next payload packet (F_SLOT_WAITING); a
+    two-way flow that finds no slot free gets F_SLOT_DENIED for good. Either way M_SLOT_DENIED counts each flow that
+    wanted a slot and never got one exactly once: at once for a denied flow, when it ends for a waiting one."""
     if r.slot < 0:
         if (r.flow_flags & F_SLOT_DENIED) != 0:
             return
-        if t.meta[M_SLOT_FREE_TOP] == 0:
-            r.flow_flags |= F_SLOT_DENIED
+        free = t.meta[M_SLOT_FREE_TOP]
+        if (r.orig_pkts == 0 or r.resp_pkts == 0) and free * SLOT_RESERVE_FRACTION <= t.slot_free.shape[0]:
+            r.flow_flags |= F_SLOT_WAITING
+            return
+        if free == 0:
+            r.flow_flags = (r.flow_flags & (0xFF ^ F_SLOT_WAITING)) | F_SLOT_DENIED
             t.meta[M_SLOT_DENIED] += 1
             return
+        r.flow_flags &= 0xFF ^ F_SLOT_WAITING
         t.meta[M_SLOT_FREE_TOP] -= 1
         s = t.slot_free[t.meta[M_SLOT_FREE_TOP]]
         r.slot = s
@@ -460,7 +490,10 @@ def update_table(t, buf, packets, start, out):
             t.seen[ridx] = ts
         if (p.status & 8) != 0:  # PacketStatus.FRAGMENT
             r.fragments += 1
-        if _update_direction_stats(r, d, p, ts):
+        fresh = _update_direction_stats(r, d, p, ts)
+        if t.two_way[ridx] == 0 and r.orig_pkts > 0 and r.resp_pkts > 0:
+            t.two_way[ridx] = 1
+        if fresh:
             update_bursts(r, np.int64(p.payload_bytes), ts)
             if t.keep_data.shape[0] > 0:
                 _keep_payload(t, r, d, p, buf)
@@ -489,25 +522,36 @@ def _idle_timeout(t, r, closed):
 
 @njit(cache=True, nogil=True)
 def _evict_oldest(t, out, n_out):
-    """Evict the records idle longest: all last seen at or before the time of the capacity/EVICT_FRACTION-th oldest.
+    """Evict k = capacity/EVICT_FRACTION records: while at least k one-way flows are live, every one-way flow last
+    seen at or before the time of the k-th oldest of them; else every record last seen at or before the time of the
+    k-th oldest record.
 
-    Resumable: when `out` fills, the scan continues at the next call. Returns the new n_out."""
+    One-way flows go first because under a flood they are the flood, while a two-way flow idle for a few seconds may
+    be a tunnel between keystrokes. With fewer than k of them they are no flood (a syslog or NetFlow export, a few
+    unanswered probes), and plain oldest-first treats them like any other flow instead of cutting a steady one-way
+    stream at every scan. Resumable: when `out` fills, the scan continues at the next call with the same threshold
+    and kind (a flow answered meanwhile is then spared). Returns the new n_out."""
     cap = t.records.shape[0]
     if t.meta[M_EVICT_POS] < 0:
         k = max(1, cap // EVICT_FRACTION)
-        times = t.seen[t.used.view(np.bool_)]
-        if times.shape[0] == 0:
-            return n_out
-        k = min(k, times.shape[0])
+        times = t.seen[(t.used != 0) & (t.two_way == 0)]
+        t.meta[M_EVICT_ONE_WAY] = 1
+        if times.shape[0] < k:
+            times = t.seen[t.used.view(np.bool_)]
+            t.meta[M_EVICT_ONE_WAY] = 0
+            if times.shape[0] == 0:
+                return n_out
+            k = min(k, times.shape[0])
         t.meta[M_EVICT_BEFORE] = np.partition(times, k - 1)[k - 1]
         t.meta[M_EVICT_POS] = 0
     before = t.meta[M_EVICT_BEFORE]
+    one_way_only = t.meta[M_EVICT_ONE_WAY] != 0
     i = t.meta[M_EVICT_POS]
     while i < cap:
         if n_out >= out.shape[0]:
             t.meta[M_EVICT_POS] = i
             return n_out
-        if t.used[i] and t.seen[i] <= before:
+        if t.used[i] and t.seen[i] <= before and not (one_way_only and t.two_way[i] != 0):
             n_out = _emit(t, i, END_EVICTED, out, n_out)
             t.meta[M_EVICTIONS] += 1
         i += 1

@@ -165,6 +165,7 @@ class FlowTable:
             records=np.zeros(cap, FLOW_DTYPE),
             used=np.zeros(cap, np.uint8),
             seen=np.zeros(cap, np.int64),
+            two_way=np.zeros(cap, np.uint8),
             index=np.full(index_size, -1, np.int32),
             free=np.arange(cap - 1, -1, -1, dtype=np.int32),
             meta=meta,
@@ -194,6 +195,8 @@ class FlowTable:
 
     @property
     def slot_denied(self) -> int:
+        """Flows that wanted a payload slot and never got one (a one-way flow refused by the slot reserve counts when
+        it ends without a slot; see kernels._keep_payload)."""
         return int(self.t.meta[kernels.M_SLOT_DENIED])
 
     @property
@@ -241,14 +244,24 @@ class FlowTable:
                 return
             yield from self._hand_out(n_out)
 
-    def snapshot(self) -> FlowBatch:
-        """The live flows as they are now (copies; their payload slots stay owned by the table).
+    def snapshot(self, since_ns: int | None = None) -> FlowBatch:
+        """The live flows as they are now (copies; their payload slots stay owned by the table); with `since_ns`,
+        only those that saw a packet at or after it (live mode re-judges only what changed).
 
         The payload it reads is that of the live flows: valid until the table is next updated, expired or flushed.
         Releasing it does nothing."""
-        rows = self.t.records[self.t.used.astype(bool)].copy()
+        live = self.t.used.astype(bool)
+        if since_ns is not None:
+            live &= self.t.records["last_seen_ns"] >= since_ns
+        rows = self.t.records[live]  # boolean indexing copies
         rows["end_reason"] = int(EndReason.ACTIVE)
+        rows["flow_flags"] &= 0xFF ^ kernels.F_SLOT_WAITING  # internal: a live flow may still get its slot
         return FlowBatch(rows, self, releasable=False)
+
+    def live_columns(self, *names: str) -> dict[str, np.ndarray]:
+        """Some fields of every live flow, as separate arrays (cheap whole-table views, e.g. per-sandbox counts)."""
+        live = self.t.used.astype(bool)
+        return {name: self.t.records[name][live] for name in names}
 
     def _hand_out(self, n_out: int) -> Iterator[FlowBatch]:
         batch = FlowBatch(self._out[:n_out].copy(), self)
