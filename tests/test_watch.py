@@ -210,3 +210,33 @@ def test_sigterm_ends_cleanly_and_the_alerts_file_has_every_finding(session):
     assert alerts == session["findings"] and alerts
     kinds = {(r["kind"], r["src_ip"]) for r in alerts}
     assert ("mining", MINER_IP) in kinds and ("reverse_ssh_tunnel", "10.77.0.2") in kinds
+
+
+def test_user_option_drops_root_after_opening_the_sockets(tmp_path):
+    """watch --user nobody: the sockets are opened as root, then the process runs as nobody and still captures."""
+    ns = f"egw{os.getpid() % 100000}-user"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "egressguard", "watch", "-i", "lo",
+                                 "--no-dashboard", "--user", "nobody"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        watcher = Watcher(proc)
+        try:
+            assert watcher.ready.wait(120), "\n".join(watcher.stderr)
+            # `ip netns exec` execs the interpreter in place: the pid is egressguard's own
+            status = open(f"/proc/{proc.pid}/status").read()
+            uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+            nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True).stdout.strip()
+            assert set(uids) == {nobody}, uids  # real, effective, saved and filesystem uid
+            subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "127.0.0.1"],
+                           capture_output=True, timeout=20)
+            time.sleep(1.0)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        assert code == 0, watcher.stderr
+        stopped = [line for line in watcher.stderr if "stopped:" in line]
+        assert stopped and " 0 packets" not in stopped[0], watcher.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
