@@ -162,8 +162,7 @@ def rules_check(rules_file: str) -> None:
               help="Seconds without packets after which a TCP flow ends.")
 @click.option("--idle", "other_idle", type=Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S), default=60.0,
               show_default=True,
-              help="Seconds without packets after which a UDP/ICMP/other flow ends (DNS and ICMP tunnel findings "
-                   "come when their flows end).")
+              help="Seconds without packets after which a UDP/ICMP/other flow ends.")
 @click.option("--user", default=None, metavar="USER",
               help="Drop root for this user once the capture sockets are open.")
 def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, dashboard: bool | None,

@@ -27,6 +27,7 @@ from egressguard.schema import (CaptureSummary, DestinationView, EndReason, Find
                                 SandboxView, Severity, proto_name)
 
 SEVERITY_OF = {s.label(): s for s in Severity}
+WINDOW_FLOWS = 20_000  # open flows an aggregating detector (DNS/ICMP tunnels) judges per round, newest first
 NEW_DESTINATIONS_PER_CALL = 5000  # flows a batch or round checks for a new destination (bounds work under floods)
 
 
@@ -48,6 +49,7 @@ class WatchSettings:
 
     pipeline: Settings = field(default_factory=Settings)
     judge_every_s: float = 2.0  # open flows are judged this often (from a table snapshot)
+    window_every_s: float = 10.0  # aggregating detectors (DNS/ICMP tunnels) re-read every open flow this often
     suppress_s: float = 600.0  # the same finding again only after this long, unless it got worse
     sweep_every_s: float = 1.0  # idle flows are expired on this timer even when no packet arrives
     rate_history_s: int = 60  # seconds of packet/bit rate history per interface
@@ -59,10 +61,11 @@ class WatchSettings:
 
 # ------------------------------------------------------------------------------------------------ finding gate
 def finding_key(record: dict) -> tuple:
-    """What makes two findings 'the same thing': kind, sandbox, destination and (for egress) the reason."""
-    reason = (record.get("destination") or {}).get("reason") if isinstance(record.get("destination"), dict) else None
+    """What makes two findings 'the same thing': kind, sandbox, destination and what the finding is about beyond
+    that (the egress reason, the tunnelled DNS domain)."""
+    subject = record.get("reason") or (record.get("dns_tunnel") or {}).get("domain")
     return (record.get("kind"), record.get("src_ip"), record.get("dst_ip"), record.get("dst_port"),
-            record.get("proto"), reason)
+            record.get("proto"), subject)
 
 
 class FindingGate:
@@ -234,7 +237,13 @@ class RateMeter:
 
 # ------------------------------------------------------------------------------------------------ the monitor
 def _judges_open_flows(cls: type) -> bool:
-    return bool(getattr(cls, "judges_open_flows", False))
+    """Judges the open flows that changed since the last round (`judges_open_flows = True`)."""
+    return getattr(cls, "judges_open_flows", False) is True
+
+
+def _judges_open_window(cls: type) -> bool:
+    """Aggregates over many flows: judges every open flow its `open_window(columns)` selects, each round."""
+    return getattr(cls, "judges_open_flows", False) == "window"
 
 
 class LiveMonitor:
@@ -282,6 +291,8 @@ class LiveMonitor:
         self._reload = threading.Event()
         self._last_round_ns = 0
         self._round_started_ns = 0
+        self._last_window_ns = 0
+        self.window_skipped = 0  # open flows left out of aggregating detectors' rounds (more than WINDOW_FLOWS)
         self.done = False
         self._refresh_view()
 
@@ -400,9 +411,28 @@ class LiveMonitor:
         """Judge the open flows that saw packets since the last round (a flow that did not change has no new
         evidence); the per-sandbox open counts come from a few columns of all of them."""
         rules = self.rules.current
-        cols = self.table.live_columns("orig_hi", "orig_lo", "orig_bytes", "orig_mac", "last_seen_ns", "ip_version")
+        cols = self.table.live_columns("orig_hi", "orig_lo", "orig_bytes", "orig_mac", "last_seen_ns", "ip_version",
+                                       "proto", "resp_port")
         self._active = len(cols["orig_hi"])
         self.book.count_open(cols, rules.inside(cols["orig_hi"], cols["orig_lo"]))
+        now = self.clock()
+        windows = now - self._last_window_ns >= self.settings.window_every_s * 1e9
+        if windows:
+            self._last_window_ns = now
+        for cls in DETECTORS.values():
+            if windows and _judges_open_window(cls):
+                window = cls.open_window(cols)
+                if window.sum() > WINDOW_FLOWS:  # bounded work under a flood: the most recently active ones
+                    rows = np.flatnonzero(window)
+                    keep = rows[np.argpartition(cols["last_seen_ns"][rows], -WINDOW_FLOWS)[-WINDOW_FLOWS:]]
+                    self.window_skipped += len(rows) - WINDOW_FLOWS
+                    window = np.zeros_like(window)
+                    window[keep] = True
+                if window.any():
+                    view, detector = self.table.snapshot(where=window), self._make(cls)
+                    result = detector.inspect(view, self.name)
+                    result.extend(finish_detectors([detector], self.name))
+                    self._report(result, view)
         batch = self.table.snapshot(since_ns=self._last_round_ns)
         recs = batch.records
         if not len(recs):

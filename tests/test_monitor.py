@@ -20,7 +20,7 @@ def run(path, stop_at_s=None, chunk_frames=4):
     emitted = []
     stop = threading.Event()
     monitor = LiveMonitor(source, ActiveRules(load_rules(LAB_RULES)), lambda r: emitted.append((source.now_ns, r)),
-                          WatchSettings(pipeline=Settings(), judge_every_s=1.0), clock=source.clock)
+                          WatchSettings(pipeline=Settings(), judge_every_s=1.0, window_every_s=2.0), clock=source.clock)
     if stop_at_s is not None:
         start = []
 
@@ -79,8 +79,10 @@ def test_gate_lets_a_finding_through_once_then_when_worse_or_after_the_interval(
     assert not gate.admit({**rec, "severity": "medium"}, 5.0)  # less bad than what was said
     assert gate.admit(rec, 70.0)  # the suppression interval passed
     assert gate.suppressed == 3
-    other = {**rec, "kind": "unexpected_destination", "destination": {"reason": "denied"}}
-    assert finding_key(other) != finding_key({**other, "destination": {"reason": "unbound_ip"}})
+    other = {**rec, "kind": "unexpected_destination", "reason": "denied"}
+    assert finding_key(other) != finding_key({**other, "reason": "unbound_ip"})
+    tunnel = {**rec, "kind": "dns_tunnel", "dns_tunnel": {"domain": "a.example"}}
+    assert finding_key(tunnel) != finding_key({**tunnel, "dns_tunnel": {"domain": "b.example"}})
 
 
 def test_gate_memory_is_bounded():
@@ -94,3 +96,21 @@ def test_gate_memory_is_bounded():
 def test_ordinary_ssh_use_is_not_reported_live(capture):
     _, emitted, _ = run(lab_capture(capture))
     assert [r["kind"] for _, r in emitted if r["kind"] in ("reverse_ssh_tunnel", "ssh_tunnel")] == []
+
+
+def test_dns_and_icmp_tunnels_are_reported_while_their_flows_are_open():
+    """iodine keeps one source port: its DNS flow never idles out while the tunnel lives, so only judging open flows
+    reports it in time; the same for ptunnel's echo flow."""
+    for capture, kind in (("dns-tunnel-iodine.pcap", "dns_tunnel"), ("icmp-tunnel-ptunnel.pcap", "icmp_tunnel")):
+        _, emitted, summary = run(lab_capture(capture), chunk_frames=16)
+        found = [(t, r) for t, r in emitted if r["kind"] == kind]
+        assert found, capture
+        assert found[0][0] < summary.last_ns - 3e9, capture  # seconds before the capture (and the flow) ended
+        assert found[0][1]["sandbox"] == "lab-sandbox"
+
+
+@pytest.mark.parametrize("capture", ["dns-lookups-benign.pcap", "icmp-ping-benign.pcap", "benign-web.pcap"])
+def test_benign_dns_and_ping_stay_quiet_when_judged_open(capture):
+    """A ping still waiting for its last reply, or a lookup still waiting for its answer, is no tunnel."""
+    _, emitted, _ = run(lab_capture(capture), chunk_frames=2)
+    assert [r["kind"] for _, r in emitted] == []

@@ -102,6 +102,14 @@ class DnsTunnelDetector:
     """Reports `dns_tunnel` findings per (sandbox, registered domain)."""
 
     name = "dns_tunnel"
+    # live mode: a fresh instance judges every open DNS flow each round (a one-port tunnel is one flow that never
+    # ends; query-per-port tunnels leave their flows open for the idle timeout, so a round sees about a minute)
+    judges_open_flows = "window"
+
+    @staticmethod
+    def open_window(cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Which open flows a round shows it (columns proto, resp_port of FlowTable.live_columns)."""
+        return (cols["resp_port"] == DNS_PORT) & np.isin(cols["proto"], (6, 17))
 
     def __init__(self, params: Params = Params()):
         self.params = params

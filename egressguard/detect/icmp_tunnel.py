@@ -73,6 +73,12 @@ class IcmpTunnelDetector:
     """Reports `icmp_tunnel` findings on echo flows whose payloads are not what ping sends."""
 
     name = "icmp_tunnel"
+    judges_open_flows = "window"  # live mode: a fresh instance judges every open echo flow each round
+
+    @staticmethod
+    def open_window(cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Which open flows a round shows it (columns proto of FlowTable.live_columns): ICMP and ICMPv6."""
+        return np.isin(cols["proto"], (1, 58))
 
     def __init__(self, params: Params = Params()):
         self.params = params
@@ -170,7 +176,9 @@ def echo_facts(batch: FlowBatch, row: int) -> EchoFacts:
     requests, replies = batch.kept_payload(row, req_dir), batch.kept_payload(row, rep_dir)
     n_req, n_rep = int(rec[req + "_payload_pkts"]), int(rec[rep + "_payload_pkts"])
     gap = 0.0
-    if min(n_req, n_rep) >= Params.min_pkts_for_gap:
+    # only when every request was answered: an unanswered one (lost, or still in flight when live mode looks at an
+    # open flow) shifts one side's mean by up to its size without saying anything about the payloads
+    if min(n_req, n_rep) >= Params.min_pkts_for_gap and n_req == n_rep:
         gap = abs(float(rec[req + "_payload_mean"]) - float(rec[rep + "_payload_mean"]))
     pieces = requests + replies
     slot = int(rec["slot"])

@@ -244,13 +244,16 @@ class FlowTable:
                 return
             yield from self._hand_out(n_out)
 
-    def snapshot(self, since_ns: int | None = None) -> FlowBatch:
+    def snapshot(self, since_ns: int | None = None, where: np.ndarray | None = None) -> FlowBatch:
         """The live flows as they are now (copies; their payload slots stay owned by the table); with `since_ns`,
-        only those that saw a packet at or after it (live mode re-judges only what changed).
+        only those that saw a packet at or after it (live mode re-judges only what changed); with `where`, a bool
+        mask over the live flows in `live_columns` order, only those.
 
         The payload it reads is that of the live flows: valid until the table is next updated, expired or flushed.
         Releasing it does nothing."""
         live = self.t.used.astype(bool)
+        if where is not None:
+            live[np.flatnonzero(live)[~where]] = False
         if since_ns is not None:
             live &= self.t.records["last_seen_ns"] >= since_ns
         rows = self.t.records[live]  # boolean indexing copies
