@@ -240,3 +240,52 @@ def test_user_option_drops_root_after_opening_the_sockets(tmp_path):
         assert stopped and " 0 packets" not in stopped[0], watcher.stderr
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_dashboard_is_the_default_on_a_terminal_and_stops_cleanly(tmp_path):
+    """On a real pseudo-terminal, with no --no-dashboard: the dashboard draws (header, the interface row with its
+    packet count rising), SIGTERM restores the terminal and exits 0 with the summary line."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
+    import termios
+
+    ns = f"egw{os.getpid() % 100000}-tty"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    master, slave = pty.openpty()
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "egressguard", "watch", "-i", "lo"],
+                                stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True)
+        os.close(slave)
+        out = b""
+
+        def read_for(seconds: float) -> None:
+            nonlocal out
+            end = time.time() + seconds
+            while time.time() < end:
+                if select.select([master], [], [], 0.2)[0]:
+                    try:
+                        out += os.read(master, 65536)
+                    except OSError:
+                        return
+        read_for(4)
+        subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "4", "-i", "0.2", "127.0.0.1"], capture_output=True)
+        read_for(3)
+        proc.send_signal(signal.SIGTERM)
+        read_for(2)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode("utf-8", "replace"))
+    assert "Traceback" not in text
+    assert "egressguard" in text and "Interfaces (1)" in text and "Findings (0)" in text
+    rows = [line.split()[-1] for line in text.replace("\r", "").split("\n")
+            if line.strip().startswith("lo ") and " up " in line]
+    assert rows and max(int(r) for r in rows if r.isdigit()) >= 8, rows  # 4 echo requests and 4 replies on lo
+    assert "\x1b[?1049h" in out.decode("latin-1") and "\x1b[?1049l" in out.decode("latin-1")  # alternate screen
+    assert "stopped:" in text
