@@ -482,7 +482,8 @@ class LiveMonitor:
         """The bridge port (veth) behind which a MAC sits, when the capture interface is a bridge; else the capture
         interface itself (watching a veth directly)."""
         now = time.monotonic()
-        if now - self._ports_at > 2.0:
+        # every 2 s, and at once (at most 10 times a second) for a MAC the bridge learned since the last read
+        if now - self._ports_at > 2.0 or (mac and mac not in self._ports and now - self._ports_at > 0.1):
             self._ports_at = now
             self._ports = {}
             try:
