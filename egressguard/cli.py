@@ -276,6 +276,8 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     summary = monitor.summary()
     click.echo(f"egressguard: stopped: {summary.packets} packets, {summary.flows} flows, {monitor.emitted} findings"
                f" reported, {summary.evictions} flows evicted", err=True)
+    for warning in monitor.bounds_hit():
+        click.echo(f"egressguard: warning: {warning}", err=True)
     if failure:
         _fail(str(failure[0]), failure[0].exit_status)
     sys.exit(int(ExitStatus.OK))

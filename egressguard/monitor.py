@@ -7,6 +7,7 @@ interval. The CLI's `watch` and the dashboard only render what LiveMonitor hands
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from egressguard.detect.dns_binding import DnsBinding, DnsObserver
 from egressguard.detect.mining import MiningDetector
 from egressguard.flows import FlowBatch, FlowTable
 from egressguard.pipeline import Settings
-from egressguard.report.records import finding_record, format_address
+from egressguard.report.records import finding_record, format_address, format_mac
 from egressguard.schema import (CaptureSummary, DestinationView, EndReason, Finding, InterfaceView, LiveSnapshot,
                                 SandboxView, Severity, proto_name)
 
@@ -204,10 +205,6 @@ class SandboxBook:
     def set_port(self, key: int, port: str | None) -> None:
         if key in self._sandboxes and port:
             self._sandboxes[key].port = port
-
-    def port_of(self, key: int) -> str | None:
-        box = self._sandboxes.get(key)
-        return box.port if box else None
 
     def items(self) -> Iterable[tuple[int, _Sandbox]]:
         return self._sandboxes.items()
@@ -403,7 +400,7 @@ class LiveMonitor:
     def _finished_batch(self, batch: FlowBatch) -> None:
         recs = batch.records
         self._finished += len(recs)
-        self._report(run_detectors(self.detectors, batch, self.name), batch)
+        self._report(run_detectors(self.detectors, batch, self.name))
         if len(recs):
             self.book.add_flows(recs, self.rules.current.inside(recs["orig_hi"], recs["orig_lo"]), finished=True)
 
@@ -432,7 +429,7 @@ class LiveMonitor:
                     view, detector = self.table.snapshot(where=window), self._make(cls)
                     result = detector.inspect(view, self.name)
                     result.extend(finish_detectors([detector], self.name))
-                    self._report(result, view)
+                    self._report(result)
         batch = self.table.snapshot(since_ns=self._last_round_ns)
         recs = batch.records
         if not len(recs):
@@ -444,9 +441,9 @@ class LiveMonitor:
         detectors = self._round_detectors()
         result = run_detectors(detectors, batch, self.name)
         result.extend(finish_detectors(detectors, self.name))
-        self._report(result, batch)
+        self._report(result)
 
-    def _report(self, result: BatchResult, batch: FlowBatch | None = None) -> None:
+    def _report(self, result: BatchResult) -> None:
         if not result.findings:
             return
         now_s = self.clock() / 1e9
@@ -471,7 +468,7 @@ class LiveMonitor:
         name = rules.sandbox_name(key, int(rec["orig_mac"]))
         record["sandbox"] = name if name is not None else record.get("src_ip")
         mac = int(rec["orig_mac"])
-        record["src_mac"] = ":".join(f"{(mac >> s) & 0xFF:02x}" for s in range(40, -8, -8)) if mac else None
+        record["src_mac"] = format_mac(mac)
         iface = int(rec["iface"])
         record["interface"] = self.source.interfaces[iface] if iface < len(self.source.interfaces) else None
         record["sandbox_port"] = self._port(mac, record["interface"])
@@ -511,7 +508,7 @@ class LiveMonitor:
         sandboxes = []
         for key, box in self.book.items():
             name = rules.sandbox_name(key, box.mac) or box.address
-            mac = ":".join(f"{(box.mac >> s) & 0xFF:02x}" for s in range(40, -8, -8)) if box.mac else None
+            mac = format_mac(box.mac)
             if box.port is None and box.mac:
                 box.port = self._port(box.mac, None)
             sandboxes.append(SandboxView(name, box.address, mac, box.port, box.flows + box.open_flows,
@@ -552,7 +549,18 @@ class LiveMonitor:
             undecodable=d.count("undecodable"), not_ip=d.count("not_ip"), fragments=d.count("fragments"),
             first_ns=d.count("first_ns"), last_ns=d.count("last_ns"), link_types=frozenset(),
             evictions=self.table.evictions, slot_denied=self.table.slot_denied, complete=True,
-            warnings=tuple(self.messages))
+            warnings=tuple(self.messages) + self.bounds_hit())
+
+    def bounds_hit(self) -> tuple[str, ...]:
+        """What the per-round bounds left out, said rather than dropped silently."""
+        out = []
+        if self.book.untracked:
+            out.append(f"{self.book.untracked} flows were not checked for a new destination (more than "
+                       f"{NEW_DESTINATIONS_PER_CALL} at once)")
+        if self.window_skipped:
+            out.append(f"{self.window_skipped} open DNS/echo flows were left out of tunnel rounds (more than "
+                       f"{WINDOW_FLOWS} at once)")
+        return tuple(out)
 
 
 def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:
@@ -589,5 +597,4 @@ def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_bridge(name: str) -> bool:
-    import os
     return os.path.isdir(f"/sys/class/net/{name}/bridge")

@@ -65,7 +65,8 @@ def flow_fields(rec: np.void) -> dict[str, Any]:
     }
 
 
-def _mac(value: int) -> str | None:
+def format_mac(value: int) -> str | None:
+    """aa:bb:cc:dd:ee:ff from a MAC in the low 48 bits; None for 0 (the link has none)."""
     if not value:
         return None
     return ":".join(f"{b:02x}" for b in int(value).to_bytes(6, "big"))
@@ -108,8 +109,8 @@ def flow_record(rec: np.void, capture: str, annotations: dict[str, Any] | None =
     out["community_id"] = flow_community_id(rec)
     out["ip_version"] = v
     out["vlan"] = int(rec["vlan"]) or None
-    out["src_mac"] = _mac(int(rec["orig_mac"]))
-    out["dst_mac"] = _mac(int(rec["resp_mac"]))
+    out["src_mac"] = format_mac(int(rec["orig_mac"]))
+    out["dst_mac"] = format_mac(int(rec["resp_mac"]))
     flags = FlowFlag(int(rec["flow_flags"]))
     out["roles_certain"] = bool(flags & FlowFlag.SAW_SYN)
     out["continued"] = bool(flags & FlowFlag.CONTINUED)
