@@ -16,17 +16,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-
-import lab as _lab  # lab.py registers itself as `lab` even when it runs as the program
-
-Lab = _lab.Lab
-Label = _lab.Label
-OUTSIDE_IP = _lab.OUTSIDE_IP
-SANDBOX_IP = _lab.SANDBOX_IP
-background = _lab.background
-scenario = _lab.scenario
+# lab.py registers itself as `lab` even when it runs as the program
+from lab import OUTSIDE_IP, SANDBOX_IP, Lab, Label, background, scenario  # noqa: E402
 
 CDN_IP = "198.18.0.10"  # bound to pkg.example (through a CNAME chain) and docs.example: allowed
 TUNNEL_IP = "198.18.0.11"  # bound to upload.tunnel.example: denied by name

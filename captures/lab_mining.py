@@ -28,16 +28,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-
-import lab as _lab  # lab.py registers itself as `lab` even when it runs as the program
-
-Lab = _lab.Lab
-Label = _lab.Label
-OUTSIDE_IP = _lab.OUTSIDE_IP
-SANDBOX_IP = _lab.SANDBOX_IP
-PY_DNS_SERVER = _lab.PY_DNS_SERVER
-background = _lab.background
-scenario = _lab.scenario
+# lab.py registers itself as `lab` even when it runs as the program
+import lab as _lab  # noqa: E402
+from lab import OUTSIDE_IP, SANDBOX_IP, PY_DNS_SERVER, Lab, Label, background, scenario  # noqa: E402
 
 POOL_IP = "198.18.0.3"  # a second address of the outside host: pools never share an address with the negatives
 TLS_POOL_NAME = "zec-eu1.nanopool.org"  # under nanopool.org, which rules/pools.toml lists (Falco, ET Open)
@@ -82,13 +75,36 @@ class Lines:
         return json.loads(raw)
 
 
+class JsonPeer:
+    """The pool side of a JSON-lines connection: `send` from any thread, `read` the next message, and `every`
+    (seconds, fn) to push on a timer until `close`."""
+
+    def __init__(self, conn):
+        self.conn, self.rd, self.lock, self.closed = conn, Lines(conn), threading.Lock(), False
+
+    def send(self, obj):
+        with self.lock:
+            self.conn.sendall(line(obj))
+
+    def read(self):
+        return self.rd.read()
+
+    def every(self, seconds, fn):
+        def loop():
+            while not self.closed:
+                time.sleep(seconds)
+                if not self.closed:
+                    fn()
+        threading.Thread(target=loop, daemon=True).start()
+
+    def close(self):
+        self.closed = True
+
+
 # ------------------------------------------------------------------ pools (outside)
 def equihash_pool(conn):
-    rd, lock, state = Lines(conn), threading.Lock(), {"job": 0, "stop": False}
-
-    def send(obj):
-        with lock:
-            conn.sendall(line(obj))
+    peer, state = JsonPeer(conn), {"job": 0}
+    send = peer.send
 
     def notify():
         state["job"] += 1
@@ -97,16 +113,10 @@ def equihash_pool(conn):
                                                                  "00" * 32, f"{int(time.time()):08x}", "1d00ffff",
                                                                  j == 1]})
 
-    def pusher():
-        while not state["stop"]:
-            time.sleep(push)
-            if not state["stop"]:
-                notify()
-
-    threading.Thread(target=pusher, daemon=True).start()
+    peer.every(push, notify)
     try:
         while True:
-            msg = rd.read()
+            msg = peer.read()
             m, mid = msg.get("method"), msg.get("id")
             if m == "mining.subscribe":
                 send({"id": mid, "result": [None, "e66c0000"], "error": None})
@@ -121,31 +131,22 @@ def equihash_pool(conn):
             else:
                 send({"id": mid, "result": None, "error": [20, "Other/Unknown", None]})
     finally:
-        state["stop"] = True
+        peer.close()
 
 
 def ethstratum_pool(conn):  # NiceHash EthereumStratum/1.0.0
-    rd, lock, state = Lines(conn), threading.Lock(), {"job": 0, "stop": False}
-
-    def send(obj):
-        with lock:
-            conn.sendall(line(obj))
+    peer, state = JsonPeer(conn), {"job": 0}
+    send = peer.send
 
     def notify():
         state["job"] += 1
         j = state["job"]
         send({"id": None, "method": "mining.notify", "params": [f"bf0{j:03x}", hexs(32, j), hexs(32, j + 7), True]})
 
-    def pusher():
-        while not state["stop"]:
-            time.sleep(push)
-            if not state["stop"]:
-                notify()
-
-    threading.Thread(target=pusher, daemon=True).start()
+    peer.every(push, notify)
     try:
         while True:
-            msg = rd.read()
+            msg = peer.read()
             m, mid = msg.get("method"), msg.get("id")
             if m == "mining.subscribe":
                 send({"id": mid, "result": [["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f",
@@ -157,15 +158,12 @@ def ethstratum_pool(conn):  # NiceHash EthereumStratum/1.0.0
                 send({"id": None, "method": "mining.set_difficulty", "params": [2]})
                 notify()
     finally:
-        state["stop"] = True
+        peer.close()
 
 
 def cryptonote_pool(conn):  # the answers xmrig parses (Client.cpp parseJob / parseExtensions)
-    rd, lock, state = Lines(conn), threading.Lock(), {"job": 0, "stop": False, "rpc": "479059546883218"}
-
-    def send(obj):
-        with lock:
-            conn.sendall(line(obj))
+    peer, state = JsonPeer(conn), {"job": 0, "rpc": "479059546883218"}
+    send = peer.send
 
     def job():
         state["job"] += 1
@@ -173,16 +171,10 @@ def cryptonote_pool(conn):  # the answers xmrig parses (Client.cpp parseJob / pa
         return {"blob": "0e0e" + hexs(37, j) + "00000000" + hexs(33, j + 3), "job_id": f"{7000 + j}",
                 "target": "dcff1100", "algo": "rx/0", "height": 3100000 + j, "seed_hash": hexs(32, 99)}
 
-    def pusher():
-        while not state["stop"]:
-            time.sleep(push)
-            if not state["stop"]:
-                send({"jsonrpc": "2.0", "method": "job", "params": job()})
-
     started = False
     try:
         while True:
-            msg = rd.read()
+            msg = peer.read()
             m, mid = msg.get("method"), msg.get("id")
             if m == "login":
                 send({"id": mid, "jsonrpc": "2.0", "error": None,
@@ -190,13 +182,13 @@ def cryptonote_pool(conn):  # the answers xmrig parses (Client.cpp parseJob / pa
                                                                                   "keepalive"], "status": "OK"}})
                 if not started:
                     started = True
-                    threading.Thread(target=pusher, daemon=True).start()
+                    peer.every(push, lambda: send({"jsonrpc": "2.0", "method": "job", "params": job()}))
             elif m == "submit":
                 send({"id": mid, "jsonrpc": "2.0", "error": None, "result": {"status": "OK"}})
             elif m == "keepalived":
                 send({"id": mid, "jsonrpc": "2.0", "error": None, "result": {"status": "KEEPALIVED"}})
     finally:
-        state["stop"] = True
+        peer.close()
 
 
 def sv2_pool(conn):  # sizes only: random bytes in the shapes of sv2-spec 4 (Noise NX) and 3.2 (frames)
@@ -229,28 +221,21 @@ def sv2_pool(conn):  # sizes only: random bytes in the shapes of sv2-spec 4 (Noi
 
 
 def jsonrpc_server(conn):  # an ordinary JSON-RPC 2.0 service that uses words mining also uses
-    rd, lock, state = Lines(conn), threading.Lock(), {"stop": False}
+    peer, state = JsonPeer(conn), {"seq": 0}
 
-    def send(obj):
-        with lock:
-            conn.sendall(line(obj))
+    def tick():
+        state["seq"] += 1
+        peer.send({"jsonrpc": "2.0", "method": "notify", "params": {"event": "tick", "seq": state["seq"]}})
 
-    def ticker():
-        n = 0
-        while not state["stop"]:
-            time.sleep(push)
-            n += 1
-            send({"jsonrpc": "2.0", "method": "notify", "params": {"event": "tick", "seq": n}})
-
-    threading.Thread(target=ticker, daemon=True).start()
+    peer.every(push, tick)
     answers = {"login": {"token": "c2Vzc2lvbg", "expires": 3600}, "eth_blockNumber": "0x10d4f",
                "job.status": {"state": "done"}, "submit": {"status": "OK"}, "echo": "Testing!"}
     try:
         while True:
-            msg = rd.read()
-            send({"jsonrpc": "2.0", "id": msg.get("id"), "result": answers.get(msg.get("method"), None)})
+            msg = peer.read()
+            peer.send({"jsonrpc": "2.0", "id": msg.get("id"), "result": answers.get(msg.get("method"), None)})
     finally:
-        state["stop"] = True
+        peer.close()
 
 
 def mqtt_broker(conn):  # MQTT 3.1.1 (OASIS): CONNACK, SUBACK, PUBLISH pushes, PINGRESP

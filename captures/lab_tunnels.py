@@ -14,14 +14,9 @@ import sys
 import time
 from typing import Iterator
 
-import lab as _lab  # lab.py registers itself as `lab` even when it runs as the program
-
-Lab = _lab.Lab
-Label = _lab.Label
-OUTSIDE_IP = _lab.OUTSIDE_IP
-SANDBOX_IP = _lab.SANDBOX_IP
-background = _lab.background
-scenario = _lab.scenario
+# lab.py registers itself as `lab` even when it runs as the program
+import lab as _lab  # noqa: E402
+from lab import OUTSIDE_IP, SANDBOX_IP, Lab, Label, background, scenario  # noqa: E402
 
 TUNNEL_NET_SERVER = "10.99.0.1"  # iodine's tunnel addresses (inside the DNS tunnel only)
 ECHO_PORT = 0  # an ICMP echo flow's destination "port": the reply type, as Community ID pairs echo types
