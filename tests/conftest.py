@@ -1,6 +1,7 @@
 """Shared test setup: a numba cache that cannot go stale, and where the captures are."""
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ _sources = sorted((REPO / "egressguard").rglob("*.py"))
 _digest = hashlib.sha256(b"".join(p.read_bytes() for p in _sources)).hexdigest()[:16]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba" / _digest))
 os.environ.setdefault("EGRESSGUARD_CACHE_DIR", str(REPO / ".pytest_cache" / "egressguard"))  # compiled big rules
+
+
+def missing_tools(*names: str) -> list[str]:
+    """The programs among `names` found neither on PATH nor in the sbin folders (sshd, iodined: root's tools)."""
+    return [name for name in names if shutil.which(name) is None
+            and not any(os.access(f"{folder}/{name}", os.X_OK) for folder in ("/usr/sbin", "/sbin"))]
 
 
 def public_capture(relative: str) -> Path:

@@ -9,15 +9,13 @@ import sys
 
 import pytest
 
-from conftest import LAB_CAPTURES, REPO
+from conftest import LAB_CAPTURES, REPO, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-needs = [t for t in ("ip", "tcpdump", "ssh", "ssh-keygen", "autossh", "scp", "iodine", "iodined", "dns2tcpc", "dns2tcpd",
-                     "ptunnel-ng", "traceroute") if shutil.which(t) is None]
-if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
-    needs.append("sshd")
+needs = missing_tools("ip", "tcpdump", "ssh", "ssh-keygen", "sshd", "autossh", "scp", "iodine", "iodined", "dns2tcpc",
+                      "dns2tcpd", "ptunnel-ng", "traceroute")
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="the capture lab creates network namespaces: needs root"),

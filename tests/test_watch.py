@@ -9,7 +9,6 @@ really set the offending sandboxes' ports down. All traffic stays inside the nam
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +17,11 @@ import time
 
 import pytest
 
-from conftest import LAB_CAPTURES, REPO
+from conftest import LAB_CAPTURES, REPO, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
 
-needs = [t for t in ("ip", "tcpdump", "ssh", "ssh-keygen") if shutil.which(t) is None]
-if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
-    needs.append("sshd")
+needs = missing_tools("ip", "tcpdump", "ssh", "ssh-keygen", "sshd")
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="watch needs raw sockets and the test creates namespaces: root"),
