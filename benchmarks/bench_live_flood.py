@@ -31,7 +31,7 @@ from egressguard.capture.replay import ReplaySource  # noqa: E402
 from egressguard.flows import FlowSettings  # noqa: E402
 from egressguard.monitor import LiveMonitor, WatchSettings  # noqa: E402
 from egressguard.pipeline import Settings  # noqa: E402
-from egressguard.rules import ActiveRules, load_rules  # noqa: E402
+from egressguard.policy.rules import ActiveRules, load_rules  # noqa: E402
 
 FLOOD = HERE / "data" / "flood.pcap"
 

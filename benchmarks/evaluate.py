@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from egressguard.errors import EgressGuardError  # noqa: E402
 from egressguard.pipeline import Analyzer, FlowsReady  # noqa: E402
 from egressguard.report.records import flow_fields  # noqa: E402
-from egressguard.rules import load_rules  # noqa: E402
+from egressguard.policy.rules import load_rules  # noqa: E402
 
 FINDING_CLASS = {"reverse_ssh_tunnel": "reverse_ssh_tunnel", "ssh_tunnel": "ssh_tunnel_other", "mining": "stratum",
                  "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel"}

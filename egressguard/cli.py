@@ -179,7 +179,7 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     from egressguard.report.alerts import AlertsFile
     from egressguard.report.hooks import SEVERITIES, FindingHook, parse_command
     from egressguard.report.jsonl import dumps
-    from egressguard.rules import ActiveRules
+    from egressguard.policy.rules import ActiveRules
 
     if len(set(interfaces)) != len(interfaces):
         raise click.UsageError("an interface is named twice")
@@ -303,7 +303,7 @@ def hook_cut_port() -> None:
 
 def _load_rules(path: str | None):
     """The Allowlist of a rules file (the default file when None); an invalid file ends the run with exit 4."""
-    from egressguard.rules import load_rules
+    from egressguard.policy.rules import load_rules
 
     try:
         return load_rules(path)

@@ -19,7 +19,7 @@ from egressguard.detect.dns_binding import DnsBinding, DnsObserver
 from egressguard.detect.rhythm import hist_quantiles, measure_rhythm, rita_part_score
 from egressguard.flows import FlowBatch
 from egressguard.pipeline import Analyzer, FlowsReady
-from egressguard.rules import load_rules, parse_rules
+from egressguard.policy.rules import load_rules, parse_rules
 from egressguard.schema import FLOW_DTYPE, EndReason, FindingKind, Severity
 
 C2 = "203.0.113.9"

@@ -15,7 +15,7 @@ from egressguard.detect import DnsObserver
 from egressguard.detect.dns_binding import DnsBinding
 from egressguard.detect.egress import Params, UnexpectedDestinationDetector
 from egressguard.pipeline import Analyzer, FlowsReady
-from egressguard.rules import ActiveRules, load_rules, parse_rules
+from egressguard.policy.rules import ActiveRules, load_rules, parse_rules
 from egressguard.schema import FindingKind
 
 sys.path.insert(0, str(Path(__file__).parent))

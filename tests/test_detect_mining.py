@@ -12,8 +12,8 @@ import pytest
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
 from egressguard.detect import DETECTORS, default_detectors
 from egressguard.detect.dns_binding import DnsBinding, DnsObserver
-from egressguard.detect.mining import (MiningDetector, Params, load_pools, question_end, tail_matches,
-                                       _codes)
+from egressguard.detect.mining import MiningDetector, Params
+from egressguard.policy.pools import _codes, load_pools, question_end, tail_matches
 from egressguard.errors import ExitStatus, RulesError
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.report.jsonl import dumps

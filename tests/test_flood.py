@@ -16,7 +16,7 @@ import pytest
 
 from egressguard.flows import FlowSettings
 from egressguard.pipeline import Analyzer, CaptureDone, FlowsReady, Settings
-from egressguard.rules import load_rules
+from egressguard.policy.rules import load_rules
 from egressguard.schema import EndReason
 from tests.conftest import REPO, lab_capture
 

@@ -9,7 +9,7 @@ from conftest import lab_capture
 from egressguard.capture.replay import ReplaySource
 from egressguard.monitor import FindingGate, LiveMonitor, WatchSettings, finding_key
 from egressguard.pipeline import Settings
-from egressguard.rules import ActiveRules, load_rules
+from egressguard.policy.rules import ActiveRules, load_rules
 
 LAB_RULES = lab_capture("rules.toml")
 

@@ -3,10 +3,10 @@ malformed case with its exact message, and the atomic swap."""
 import numpy as np
 import pytest
 
-from egressguard.allowlist import CLASS_NAMES, DOH, FlowContext
+from egressguard.policy.allowlist import CLASS_NAMES, DOH, FlowContext
 from egressguard.errors import ExitStatus, RulesError
 from egressguard.netaddr import parse_address
-from egressguard.rules import ActiveRules, load_rules, parse_rules
+from egressguard.policy.rules import ActiveRules, load_rules, parse_rules
 from egressguard.schema import FLOW_DTYPE, Severity
 
 MASK64 = (1 << 64) - 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.allowlist import Allowlist
+from egressguard.policy.allowlist import Allowlist
 from egressguard.detect.base import BatchResult
 from egressguard.detect.dns_binding import DnsBinding
 from egressguard.detect.rhythm import (BEACON_BUCKETS, LONG_BUCKETS, Rhythm, add_to_histograms, beacon_score,
@@ -38,8 +38,8 @@ from egressguard.detect.rhythm import (BEACON_BUCKETS, LONG_BUCKETS, Rhythm, add
 from egressguard.flows import FlowBatch, burst_bytes
 from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
 from egressguard.netaddr import address_text
-from egressguard.rule_types import FlowContext
-from egressguard.rules import ActiveRules, load_rules
+from egressguard.policy.model import FlowContext
+from egressguard.policy.rules import ActiveRules, load_rules
 from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, Severity, proto_name
 
 # (protocol, responder port) pairs that poll by design; NTP only with NTP-sized packets (see NTP_MAX_PAYLOAD)

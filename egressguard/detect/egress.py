@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.addrclass import DNS_PORT, DOH_NAMES, DOT_PORT, HOST_CRITICAL_PORTS
-from egressguard.allowlist import DOH, HOST, Allowlist, FlowContext
+from egressguard.policy.addrclass import DNS_PORT, DOH_NAMES, DOT_PORT, HOST_CRITICAL_PORTS
+from egressguard.policy.allowlist import DOH, HOST, Allowlist, FlowContext
 from egressguard.detect.base import BatchResult
 from egressguard.detect.dns_binding import DnsBinding
 from egressguard.detect.egress_findings import Aggregator, Reason, reason_code
@@ -41,7 +41,7 @@ from egressguard.flows import FlowBatch
 from egressguard.netaddr import address_text
 from egressguard.payload.http import looks_like_request, request_host
 from egressguard.payload.tls import find_sni, parse_client_hello, sni_text
-from egressguard.rules import ActiveRules, load_rules
+from egressguard.policy.rules import ActiveRules, load_rules
 from egressguard.schema import Severity, proto_name
 
 ALLOWED, PENDING = 254, 255

@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from egressguard.addrclass import DOH_NAMES, DOT_PORT, HOST_PORT_NAMES
-from egressguard.allowlist import CLASS_NAMES, CLASSES, Allowlist
+from egressguard.policy.addrclass import DOH_NAMES, DOT_PORT, HOST_PORT_NAMES
+from egressguard.policy.allowlist import CLASS_NAMES, CLASSES, Allowlist
 from egressguard.netaddr import address_text, keys
 from egressguard.schema import Finding, FindingKind, Severity, proto_name
 

@@ -5,8 +5,8 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from egressguard.allowlist import CLASS_NAMES, CLASSES, Allowlist
-from egressguard.addrclass import DOH_ADDRESSES, DOH_NAMES
+from egressguard.policy.allowlist import CLASS_NAMES, CLASSES, Allowlist
+from egressguard.policy.addrclass import DOH_ADDRESSES, DOH_NAMES
 from egressguard.netaddr import range_text
 
 SHOWN = 12  # items per cell before "... N more"

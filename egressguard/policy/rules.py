@@ -14,13 +14,13 @@ import threading
 import tomllib
 from pathlib import Path
 
-from egressguard import rules_cache
-from egressguard import rules_syntax as syntax
-from egressguard.addrclass import ADDRESS_CLASSES, DOH_CLASS, GLOBAL_CLASS, HOST_CLASS, Treatment
-from egressguard.allowlist import Allowlist, Entry, RuleSettings, Services, Sources
 from egressguard.errors import RulesError
 from egressguard.netaddr import subtract
-from egressguard.rules_syntax import Context, domain_pattern
+from egressguard.policy import cache as rules_cache
+from egressguard.policy import syntax
+from egressguard.policy.addrclass import ADDRESS_CLASSES, DOH_CLASS, GLOBAL_CLASS, HOST_CLASS, Treatment
+from egressguard.policy.allowlist import Allowlist, Entry, RuleSettings, Services, Sources
+from egressguard.policy.syntax import Context, domain_pattern
 from egressguard.schema import Severity
 
 SCHEMA_VERSION = 1
@@ -63,7 +63,7 @@ def load_rules(path: str | Path | None = None) -> Allowlist:
         raise RulesError(shown, f"not UTF-8 text (byte {exc.start})", fix="save the file as UTF-8") from None
     except OSError as exc:
         raise RulesError(shown, f"cannot be read ({exc.strerror})", fix="check the path and its permissions") from None
-    if rules_cache.wanted(data):  # big files: compiled once, then loaded from the cache (rules_cache.py)
+    if rules_cache.wanted(data):  # big files: compiled once, then loaded from the cache (policy/cache.py)
         cached = rules_cache.load(path, shown, data)
         if cached is not None:
             return cached

@@ -8,7 +8,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from egressguard.addrclass import Treatment
+from egressguard.policy.addrclass import Treatment
 from egressguard.netaddr import range_text
 from egressguard.schema import PROTO_NAMES, Severity
 

@@ -14,10 +14,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from egressguard.addrclass import (ADDRESS_CLASSES, DOH_ADDRESSES, DOH_CLASS, GLOBAL_CLASS, HOST_CLASS,
+from egressguard.policy.addrclass import (ADDRESS_CLASSES, DOH_ADDRESSES, DOH_CLASS, GLOBAL_CLASS, HOST_CLASS,
                                    AddressClass, Treatment)
 from egressguard.netaddr import RangeTable, int_keys, keys, parse_address, parse_network, unwrap_nat64
-from egressguard.rule_types import Entry, EntryTable, FlowContext, RuleSettings, Services, Sources  # noqa: F401
+from egressguard.policy.model import Entry, EntryTable, FlowContext, RuleSettings, Services, Sources  # noqa: F401
 from egressguard.schema import Severity
 
 CLASSES: tuple[AddressClass, ...] = ADDRESS_CLASSES + (HOST_CLASS, GLOBAL_CLASS)
