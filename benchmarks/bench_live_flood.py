@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from egressguard.capture.replay import ReplaySource  # noqa: E402
 from egressguard.flows import FlowSettings  # noqa: E402
-from egressguard.monitor import LiveMonitor, WatchSettings  # noqa: E402
-from egressguard.pipeline import Settings  # noqa: E402
-from egressguard.policy.rules import ActiveRules, load_rules  # noqa: E402
+from egressguard.live import LiveMonitor, WatchSettings  # noqa: E402
+from egressguard.pipeline import Settings, default_context  # noqa: E402
+from egressguard.policy.rules import load_rules  # noqa: E402
 
 FLOOD = HERE / "data" / "flood.pcap"
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     findings: list[dict] = []
     source = ReplaySource(str(args.capture), "br0", pace_pps=args.pace)
     flows = FlowSettings(capacity=args.capacity, payload_slots=args.capacity // 8)
-    monitor = LiveMonitor(source, ActiveRules(load_rules(REPO / "captures" / "rules.toml")), findings.append,
+    monitor = LiveMonitor(source, default_context(load_rules(REPO / "captures" / "rules.toml")), findings.append,
                           WatchSettings(pipeline=Settings(flows=flows), judge_every_s=args.judge_every), clock=source.clock)
     monitor.warm_up()
     stop = threading.Event()

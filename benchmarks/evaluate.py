@@ -146,9 +146,9 @@ def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[
                         f"{finding.kind} {finding.details.get('reason')} {finding.severity.label()}"
                 continue
             matched = False
-            for row in range(len(event.batch.records)):
-                if event.batch.records[row]["key_hash"] == finding.flow["key_hash"] and \
-                        event.batch.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
+            for row in range(len(event.view.records)):
+                if event.view.records[row]["key_hash"] == finding.flow["key_hash"] and \
+                        event.view.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
                     matched = True
                     cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
                     rank = int(finding.severity)
@@ -156,8 +156,8 @@ def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[
                         worst[row] = (rank, cls, f"{finding.kind} {finding.severity.label()} {finding.score:.2f}")
             if not matched or str(finding.kind) == "dns_tunnel":
                 late.append(finding)
-        for row in range(len(event.batch.records)):
-            rec = event.batch.records[row]
+        for row in range(len(event.view.records)):
+            rec = event.view.records[row]
             f = flow_fields(rec)
             rank = 0
             if row in worst:

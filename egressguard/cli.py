@@ -72,8 +72,9 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         raise click.UsageError("--flows needs --format jsonl")
     if captures.count("-") > 1:
         raise click.UsageError("standard input ('-') can be read only once")
+    from egressguard.engine import FlowsReady, Settings
     from egressguard.flows import FlowSettings
-    from egressguard.pipeline import Analyzer, CaptureDone, Settings
+    from egressguard.pipeline import Analyzer
 
     slots = capacity // 8 if payload_slots is None else payload_slots
     if slots > capacity:
@@ -84,7 +85,7 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
         settings.flows.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    rules = _load_rules(rules_file) if detect else None
+    ctx = _context(rules_file) if detect else None
     from egressguard.report.text import safe_text
 
     report = _make_report(fmt, with_flows)
@@ -92,17 +93,20 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
     failures = 0
     try:
         try:
-            analyzer = Analyzer(settings, detectors=None if detect else [], rules=rules)
+            analyzer = Analyzer(settings, detectors=None if detect else [], ctx=ctx)
         except MemoryError:
             _fail(_TOO_BIG.format(capacity=capacity), ExitStatus.USAGE)
         with _Progress(show_progress) as bar:
             for spec in captures:
                 try:
                     for event in analyzer.analyze(spec, bar.update):
-                        report.handle(event)
-                        if isinstance(event, CaptureDone):
-                            for w in event.summary.warnings:
-                                bar.echo(f"egressguard: warning: {safe_text(w)}")
+                        if isinstance(event, FlowsReady):
+                            report.batch(event.capture, event.view.records, event.result.annotations,
+                                         event.result.findings)
+                            continue
+                        report.summary(event.summary)
+                        for w in event.summary.warnings:
+                            bar.echo(f"egressguard: warning: {safe_text(w)}")
                 except EgressGuardError as exc:
                     failures += 1
                     bar.echo(f"egressguard: error: {safe_text(str(exc))}")
@@ -173,13 +177,13 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     import threading
 
     from egressguard.capture.live import LiveCapture, drop_privileges
+    from egressguard.engine import Settings
     from egressguard.flows import FlowSettings
-    from egressguard.monitor import LiveMonitor, WatchSettings
-    from egressguard.pipeline import Settings
+    from egressguard.live import LiveMonitor, WatchSettings
     from egressguard.report.alerts import AlertsFile
-    from egressguard.report.hooks import SEVERITIES, FindingHook, parse_command
+    from egressguard.report.hooks import FindingHook, parse_command
+    from egressguard.schema import Severity
     from egressguard.report.jsonl import dumps
-    from egressguard.policy.rules import ActiveRules
 
     if len(set(interfaces)) != len(interfaces):
         raise click.UsageError("an interface is named twice")
@@ -189,7 +193,8 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
             argv = parse_command(on_finding)
         except ValueError as exc:
             raise click.BadParameter(f"{on_finding!r}: {exc}", param_hint="--on-finding") from None
-    rules = ActiveRules(_load_rules(rules_file))
+    ctx = _context(rules_file)
+    rules = ctx.rules
     show_dashboard = sys.stdout.isatty() if dashboard is None else dashboard
     flows = FlowSettings(capacity=capacity, payload_slots=capacity // 8, tcp_idle_s=tcp_idle, other_idle_s=other_idle)
     try:
@@ -204,7 +209,7 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     try:
         source.open()
         alerts = AlertsFile(alerts_file) if alerts_file else None
-        monitor = LiveMonitor(source, rules, lambda record: emit(record), settings)
+        monitor = LiveMonitor(source, ctx, lambda record: emit(record), settings)
         monitor.warm_up()  # compile/load every kernel and import every module while still root
         if user is not None:
             drop_privileges(user)
@@ -236,7 +241,7 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
             monitor.note(outcome.message)
             if not outcome.ok or not show_dashboard:
                 click.echo(f"egressguard: {'hook' if outcome.ok else 'warning'}: {outcome.message}", err=True)
-        hook = FindingHook(argv, SEVERITIES[on_finding_severity], hook_report)
+        hook = FindingHook(argv, Severity.parse(on_finding_severity), hook_report)
 
     def on_stop(signum, frame) -> None:
         stop.set()
@@ -307,6 +312,17 @@ def _load_rules(path: str | None):
 
     try:
         return load_rules(path)
+    except EgressGuardError as exc:
+        _fail(str(exc), exc.exit_status)
+
+
+def _context(rules_file: str | None):
+    """The detector context of a run (rules, pool list); an invalid file ends the run with exit 4."""
+    from egressguard.pipeline import default_context
+
+    allowlist = _load_rules(rules_file)
+    try:
+        return default_context(allowlist)
     except EgressGuardError as exc:
         _fail(str(exc), exc.exit_status)
 

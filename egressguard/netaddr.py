@@ -9,6 +9,7 @@ strings compares them as unsigned numbers, so one call looks up a whole batch of
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Sequence
 
@@ -44,6 +45,35 @@ def address_text(value: int) -> str:
     if value >> 32 == 0xFFFF:
         return str(ipaddress.IPv4Address(value & 0xFFFFFFFF))
     return str(ipaddress.IPv6Address(value))
+
+
+def format_address(hi: int, lo: int, ip_version: int) -> str:
+    """Text form of an address stored as (hi, lo) in a record of the given IP version."""
+    if ip_version == 4:
+        return socket.inet_ntoa((int(lo) & 0xFFFFFFFF).to_bytes(4, "big"))
+    return str(ipaddress.IPv6Address((int(hi) << 64) | int(lo)))
+
+
+def endpoint(rec, side: str) -> int:
+    """Storage-form address of one side ("orig" or "resp") of a FLOW record."""
+    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
+
+
+def endpoint_text(rec, side: str) -> str:
+    """Text form of one side ("orig" or "resp") of a FLOW record."""
+    return format_address(int(rec[side + "_hi"]), int(rec[side + "_lo"]), int(rec["ip_version"]))
+
+
+def halves(value: int) -> tuple[int, int]:
+    """(hi, lo) of a storage-form address, as the records store it."""
+    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+
+
+def format_mac(value: int) -> str | None:
+    """aa:bb:cc:dd:ee:ff from a MAC in the low 48 bits; None for 0 (the link has none)."""
+    if not value:
+        return None
+    return ":".join(f"{b:02x}" for b in int(value).to_bytes(6, "big"))
 
 
 def range_text(first: int, last: int) -> str:

@@ -218,6 +218,17 @@ class Severity(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @classmethod
+    def labels(cls) -> tuple[str, ...]:
+        return tuple(s.label() for s in cls)
+
+    @classmethod
+    def parse(cls, label: object) -> "Severity":
+        """The severity named by its label (`low`, `medium`, `high`, `critical`); ValueError for anything else."""
+        if isinstance(label, str) and label in cls.labels():
+            return cls[label.upper()]
+        raise ValueError(f"not a severity: {label!r} (write one of {', '.join(cls.labels())})")
+
 
 class FindingKind(enum.StrEnum):
     """What a finding is about (the `kind` field of finding records)."""
@@ -237,7 +248,9 @@ class Finding:
     """One thing an operator must see, with the evidence that supports it.
 
     `flow` is a copy of the FLOW record it is about; `details` holds kind-specific objects (e.g. `ssh`) that go
-    into the output record under their own keys.
+    into the output record under their own keys. `subject` says what the finding is about beyond its flow's
+    endpoints (the egress reason, the tunnelled DNS domain), so that two findings about the same thing can be told
+    apart from two about different things without reading their details.
     """
 
     kind: FindingKind
@@ -247,6 +260,30 @@ class Finding:
     flow: np.void
     capture: str
     details: dict = field(default_factory=dict)
+    subject: str | None = None
+
+
+class AppTag(enum.IntFlag):
+    """What a flow's first kept bytes (either direction) or its ports say it carries; payload/signatures.py sets
+    them for a whole batch at once. A flow can carry several (a WebSocket upgrade is also an HTTP request)."""
+
+    NONE = 0
+    SSH = 1  # an "SSH-" banner opens either direction (Zeek dpd.sig: case-insensitive "SSH-")
+    TLS = 2  # the originator opens with a TLS handshake record (0x16 0x03)
+    TLS_CLIENT_HELLO = 4  # ... whose first handshake message is a ClientHello (type 1)
+    HTTP_REQUEST = 8  # the originator opens with an HTTP/1 method (RFC 9110 9)
+    HTTP_RESPONSE = 16  # the responder opens with "HTTP/1."
+    WEBSOCKET = 32  # a GET answered with "HTTP/1.1 101" (RFC 6455 4.2.2)
+    JSON = 64  # the first non-blank byte of either direction is "{" or "["
+    MQTT = 128  # an MQTT CONNECT (type 1, "MQ" of "MQTT"/"MQIsdp" in the variable header)
+    DNS = 256  # TCP/UDP to port 53
+    MDNS = 512  # UDP/TCP to port 5353: multicast DNS (RFC 6762), the DNS format but link-local
+    HTTP_CONNECT = 1024  # the originator opens with "CONNECT host:port HTTP/1.x" (RFC 9110 9.3.6)
+    SOCKS4 = 2048  # a SOCKS4/4a CONNECT request (version 4, command 1)
+    SOCKS5 = 4096  # a SOCKS5 greeting (version 5, 1-255 methods) answered 0x05 <method> (RFC 1928 3)
+    PROXY_V1 = 8192  # a PROXY protocol v1 header ("PROXY TCP4 "/"TCP6 "/"UNKNOWN")
+    PROXY_V2 = 16384  # a PROXY protocol v2 signature (12 bytes, haproxy doc/proxy-protocol.txt 2.2)
+    ECHO = 32768  # ICMP/ICMPv6 echo request/reply flow
 
 
 # ------------------------------------------------------------------------------------------------ live monitoring
@@ -307,3 +344,56 @@ class LiveSnapshot:
     sandboxes: tuple[SandboxView, ...]
     new_destinations: tuple[DestinationView, ...]  # newest first
     messages: tuple[str, ...] = ()
+
+
+# ---- DNS message table (payload/dns_table.py)
+# One row per DNS message read from a batch's kept payload, one per answer record, and the names they refer to as
+# offsets into a uint8 buffer holding each name in wire form (RFC 1035 3.1: length-prefixed labels, then 0), bytes and
+# case as sent, decompressed (4.1.4). Field meanings are those of RFC 1035 4.1.1-4.1.3 unless said otherwise.
+DNS_CHARSETS = ("text", "hex", "base32", "base64", "random", "symbols", "binary")  # DNS_MESSAGE.charset codes
+DNS_MESSAGE_FIELDS = (
+    ("row", "i4", "position of the flow in the rows given to decode_dns"),
+    ("direction", "u1", "0 originator (client), 1 responder"),
+    ("index", "u1", "k-th kept packet (UDP) or length-prefixed message (TCP) of that direction (saturating)"),
+    ("ts_ns", "i8", "time of the packet that carried it (UDP) or of the direction's first payload packet (TCP)"),
+    ("id", "u2", "message ID"),
+    ("flags", "u2", "the header's second 16-bit word: QR, OPCODE, AA, TC, RD, RA, Z/AD/CD, RCODE"),
+    ("is_response", "u1", "QR bit"),
+    ("opcode", "u1", "OPCODE (0 QUERY)"),
+    ("rcode", "u1", "RCODE of the header (3 NXDOMAIN)"),
+    ("qdcount", "u2", "questions announced by the header"),
+    ("ancount", "u2", "answer records announced"),
+    ("nscount", "u2", "authority records announced"),
+    ("arcount", "u2", "additional records announced"),
+    ("size", "u2", "message bytes on the wire: the UDP payload length, or the TCP length prefix (saturating)"),
+    ("truncated", "u1", "1 when only a prefix of the message was kept (cut by the keep limit or the snap length)"),
+    ("qtype", "u2", "type of the first question (0 when unreadable)"),
+    ("qclass", "u2", "class of the first question (0 when unreadable)"),
+    ("qname", "i4", "offset of the first question's name in `names`, -1 when unreadable"),
+    ("qname_labels", "u1", "labels of that name"),
+    ("edns_size", "u2", "CLASS of the OPT record in the additional section: the sender's UDP size (RFC 6891 6.1.2)"),
+    ("answer_first", "i4", "first row of this message in `answers`"),
+    ("answer_count", "i4", "rows of this message in `answers` (= answers_read)"),
+    ("answers_read", "u2", "answer records read completely (a kept message may be cut)"),
+    ("answer_rdata_bytes", "i4", "RDATA bytes of those records"),
+    ("domain", "i4", "offset of the registered domain's first label in `names` (inside qname), -1: never judged"),
+    ("domain_labels", "u1", "labels of the registered domain (1 with no_tld: the first label stands for it)"),
+    ("no_tld", "u1", "the last label cannot be a top-level domain (digits, too long): e.g. dnscat.<hex>"),
+    ("sub_length", "u2", "bytes of the labels below the registered domain (structural '_' labels removed)"),
+    ("longest_label", "u1", "longest of those labels"),
+    ("entropy", "f4", "Shannon entropy of those labels joined, bits per byte"),
+    ("charset", "u1", "their alphabet, an index into DNS_CHARSETS"),
+    ("encoded", "u1", "they look like encoded data rather than a name"),
+)
+DNS_MESSAGE_DTYPE = _dtype(DNS_MESSAGE_FIELDS)
+DNS_ANSWER_FIELDS = (
+    ("message", "i4", "row of the message in `messages`"),
+    ("rtype", "u2", "TYPE"),
+    ("ttl", "u4", "TTL, seconds"),
+    ("rdlength", "u2", "RDATA bytes"),
+    ("name", "i4", "offset of the owner name in `names`"),
+    ("addr_hi", "u8", "A/AAAA address, high 64 bits (IPv4 stored IPv4-mapped, as flow records store it)"),
+    ("addr_lo", "u8", "A/AAAA address, low 64 bits; both 0 unless RDATA has the type's size (4 or 16)"),
+    ("target", "i4", "offset of the CNAME/NS/PTR/MX target name in `names`, -1 otherwise or when unreadable"),
+)
+DNS_ANSWER_DTYPE = _dtype(DNS_ANSWER_FIELDS)

@@ -13,11 +13,10 @@ import pytest
 from beaconbuilders import SANDBOX, connections, long_connection
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
 from egressbuilders import Capture
-from egressguard.detect import DETECTORS
+from egressguard.detect import BY_NAME, DetectorContext
 from egressguard.detect.beacon import PAIR_GAP_EDGES_S, BeaconDetector, Params
-from egressguard.detect.dns_binding import DnsBinding, DnsObserver
 from egressguard.detect.rhythm import hist_quantiles, measure_rhythm, rita_part_score
-from egressguard.flows import FlowBatch
+from egressguard.flows.view import FlowView
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.policy.rules import load_rules, parse_rules
 from egressguard.schema import FLOW_DTYPE, EndReason, FindingKind, Severity
@@ -28,9 +27,8 @@ KINDS = (FindingKind.BEACON, FindingKind.LONG_CONNECTION)
 
 def run(path, rules=None, params: Params = Params()) -> list:
     """Beacon findings of one capture, through the pipeline (flows arrive in many batches, finish at the end)."""
-    rules = rules if rules is not None else load_rules()
-    binding = DnsBinding()
-    analyzer = Analyzer(detectors=[DnsObserver(binding), BeaconDetector(binding, rules=rules, params=params)])
+    ctx = DetectorContext.build(rules if rules is not None else load_rules())
+    analyzer = Analyzer(detectors=[lambda ctx: BeaconDetector(ctx, params)], ctx=ctx)
     out = []
     for event in analyzer.analyze(str(path)):
         if isinstance(event, FlowsReady):
@@ -199,8 +197,9 @@ def test_open_flow_in_a_snapshot_is_judged_on_its_own_span():
     rec["proto"], rec["resp_port"], rec["ip_version"] = 6, 443, 4
     rec["first_seen_ns"], rec["last_seen_ns"] = 10**18, 10**18 + 5 * 3600 * 10**9
     rec["end_reason"] = int(EndReason.ACTIVE)
-    det = BeaconDetector(rules=load_rules())
-    found = det.inspect(FlowBatch(rec, table=None, releasable=False), "live").findings
+    det = beacon_detector()
+    det.start("live")
+    found = det.inspect(FlowView(rec, None, "live", open_flows=True)).findings
     assert [(f.kind, f.severity) for f in found] == [(FindingKind.LONG_CONNECTION, Severity.MEDIUM)]
     assert "still open for 5.0 h" in found[0].evidence[0]
 
@@ -218,15 +217,22 @@ def flow_records(starts_s, dst_lo: int = 0xCB007109, port: int = 443, sent: int 
     return recs
 
 
+def beacon_detector(params: Params = Params()) -> BeaconDetector:
+    """A beacon detector over the default rules, fed records directly (no engine)."""
+    return BeaconDetector(DetectorContext.build(load_rules()), params)
+
+
 def feed(det: BeaconDetector, *batches, capture: str = "c") -> list:
+    """Findings of batches of records of one capture, then of `finish`."""
+    det.start(capture)
     out = []
     for recs in batches:
-        out += det.inspect(FlowBatch(recs, table=None, releasable=False), capture).findings
-    return out + det.finish(capture).findings
+        out += det.inspect(FlowView(recs, None, capture)).findings
+    return out + det.finish().findings
 
 
 def test_starts_within_the_last_checkin_second_add_no_interval():
-    det = BeaconDetector(rules=load_rules())
+    det = beacon_detector()
     assert feed(det, flow_records([0.0]), flow_records([0.5]), flow_records([0.7, 0.9])) == []
     s = int(det.pairs.slot_of[0])
     assert len(det.pairs.keys) == 1 and det.pairs.count[s] == 4 and det.pairs.checkins[s] == 1
@@ -234,7 +240,7 @@ def test_starts_within_the_last_checkin_second_add_no_interval():
 
 
 def test_full_pair_table_evicts_the_least_recent_and_counts():
-    det = BeaconDetector(rules=load_rules(), params=Params(max_pairs=8))
+    det = beacon_detector(Params(max_pairs=8))
     others = [flow_records([5.0 * k], dst_lo=0xCB007200 + k) for k in range(20)]
     beacon = [flow_records([100.0 + 60 * k]) for k in range(12)]
     found = feed(det, *others, *beacon)
@@ -243,7 +249,7 @@ def test_full_pair_table_evicts_the_least_recent_and_counts():
 
 
 def test_a_new_capture_starts_a_new_series():
-    det = BeaconDetector(rules=load_rules())
+    det = beacon_detector()
     assert feed(det, flow_records([0, 60, 120]), capture="a") == []
     assert feed(det, flow_records([180]), capture="b") == []  # 4 starts in all, but only one in capture b
 
@@ -276,7 +282,7 @@ def test_rhythm_of_exponential_gaps_scores_low():
 # ---------------------------------------------------------------- registry, real captures
 
 def test_registered():
-    assert DETECTORS["beacon"] is BeaconDetector
+    assert BY_NAME["beacon"] is BeaconDetector
 
 
 def _benign_public() -> list[str]:

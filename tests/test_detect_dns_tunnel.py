@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
-from egressguard.detect import DETECTORS
+from egressguard.detect import BY_NAME
 from egressguard.detect.dns_names import name_features, split_name
 from egressguard.detect.dns_tunnel import DnsTunnelDetector, Params
 from egressguard.payload.dns import name_text, summarize_message, summarize_tcp_stream
@@ -30,9 +30,10 @@ SBX, RESOLVER, OUTSIDE = "10.77.0.2", "10.77.0.1", "198.51.100.53"
 def dns_findings(path, detector=None):
     """[(finding, reported_from_a_batch_with_flows)] of kind dns_tunnel."""
     out = []
-    for event in Analyzer(detectors=[detector or DnsTunnelDetector()]).analyze(str(path)):
+    detector = detector or DnsTunnelDetector()
+    for event in Analyzer(detectors=[lambda ctx: detector]).analyze(str(path)):
         if isinstance(event, FlowsReady):
-            out += [(f, len(event.batch.records) > 0) for f in event.result.findings]
+            out += [(f, len(event.view.records) > 0) for f in event.result.findings]
     assert all(f.kind == FindingKind.DNS_TUNNEL for f, _ in out)
     return out
 
@@ -41,7 +42,7 @@ def raw_batches(path):
     """The flow batches of a capture, for driving a detector by hand (as live mode does)."""
     for event in Analyzer(detectors=[]).analyze(str(path)):
         if isinstance(event, FlowsReady):
-            yield event.batch
+            yield event.view
 
 
 # ----------------------------------------------------------------------------------------------- public captures
@@ -112,7 +113,7 @@ def test_lab_captures_raise_dns_tunnel_findings_only_for_tunnel_scenarios(name):
 
 
 def test_detector_is_registered():
-    assert DETECTORS["dns_tunnel"] is DnsTunnelDetector
+    assert BY_NAME["dns_tunnel"] is DnsTunnelDetector
 
 
 # ----------------------------------------------------------------------------------------------- negatives
@@ -308,14 +309,15 @@ def test_live_intervals_report_again_only_when_it_got_worse(tmp_path):
     for i in range(30):  # 30 more: high, reported as soon as it is seen
         dns_exchange(second, i * 1.0, SBX, RESOLVER, f"{encoded_label(rng, 30, HEX)}.live.example")
     detector = DnsTunnelDetector()
-    during = [f for b in raw_batches(first.write(tmp_path / "a.pcap")) for f in detector.inspect(b, "br0").findings]
-    at_end = detector.finish("br0").findings
+    detector.start("br0")
+    during = [f for b in raw_batches(first.write(tmp_path / "a.pcap")) for f in detector.inspect(b).findings]
+    at_end = detector.finish().findings
     assert during == [] and [f.severity for f in at_end] == [Severity.MEDIUM]
-    during = [f for b in raw_batches(second.write(tmp_path / "b.pcap")) for f in detector.inspect(b, "br0").findings]
+    during = [f for b in raw_batches(second.write(tmp_path / "b.pcap")) for f in detector.inspect(b).findings]
     assert [f.severity for f in during] == [Severity.HIGH]
     assert during[0].details["dns_tunnel"]["queries"] == 40
-    assert detector.finish("br0").findings == []
-    assert detector.finish("br0").findings == []
+    assert detector.finish().findings == []
+    assert detector.finish().findings == []
 
 
 def test_state_is_bounded_and_drops_are_counted(tmp_path):
@@ -324,9 +326,10 @@ def test_state_is_bounded_and_drops_are_counted(tmp_path):
     for d in range(10):
         for i in range(3):
             dns_exchange(cap, d * 3 + i, SBX, RESOLVER, f"{encoded_label(rng, 30, HEX)}.d{d}.example")
-    detector = DnsTunnelDetector(Params(max_domains=4, max_subdomains=2))
+    detector = DnsTunnelDetector(params=Params(max_domains=4, max_subdomains=2))
+    detector.start("x")
     for batch in raw_batches(cap.write(tmp_path / "many.pcap")):
-        detector.inspect(batch, "x")
+        detector.inspect(batch)
     assert len(detector._states) == 4 and detector.dropped_domains == 6
     assert all(len(s.subdomains) <= 2 and s.subdomains_full for s in detector._states.values())
 

@@ -11,8 +11,6 @@ from click.testing import CliRunner
 
 from conftest import LAB_CAPTURES, lab_capture
 from egressguard.cli import main
-from egressguard.detect import DnsObserver
-from egressguard.detect.dns_binding import DnsBinding
 from egressguard.detect.egress import Params, UnexpectedDestinationDetector
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.policy.rules import ActiveRules, load_rules, parse_rules
@@ -145,11 +143,9 @@ def test_a_dns_answer_that_ends_after_the_connection_still_binds(tmp_path):
     path = c.write(tmp_path / "late.pcap")
     order = []
     rules = parse_rules(RULES, "t.toml")
-    binding = DnsBinding()
-    detectors = [DnsObserver(binding), UnexpectedDestinationDetector(binding, rules)]
-    for event in Analyzer(detectors=detectors).analyze(str(path)):
+    for event in Analyzer(detectors=[UnexpectedDestinationDetector], rules=rules).analyze(str(path)):
         if isinstance(event, FlowsReady):
-            order += [int(p) for p in event.batch.records["resp_port"]]
+            order += [int(p) for p in event.view.records["resp_port"]]
     assert order.index(443) < order.index(53)  # judged before its answer arrived ...
     assert findings(path, rules) == {}  # ... and still allowed
 
@@ -168,9 +164,8 @@ def test_caps_sum_up_the_rest(tmp_path):
     for i in range(10):
         c.tcp_session(i * 0.1, SBX, f"151.101.8.{i}", 443, b"x")
     rules = parse_rules(RULES, "t.toml")
-    binding = DnsBinding()
-    det = UnexpectedDestinationDetector(binding, rules, Params(max_destinations_per_sandbox=3))
-    got = findings(c.write(tmp_path / "scan.pcap"), rules, [DnsObserver(binding), det])
+    got = findings(c.write(tmp_path / "scan.pcap"), rules,
+                   [lambda ctx: UnexpectedDestinationDetector(ctx, Params(max_destinations_per_sandbox=3))])
     summary = got.pop(("unbound_ip", None))
     assert sorted(d for _, d in got) == ["151.101.8.0", "151.101.8.1", "151.101.8.2"]  # the first three seen
     assert summary.details["egress"]["summary"] and summary.details["egress"]["pairs"] == 7

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
-from egressguard.detect import DETECTORS
+from egressguard.detect import BY_NAME
 from egressguard.detect.icmp_tunnel import IcmpTunnelDetector
 from egressguard.pipeline import Analyzer, FlowsReady
 from egressguard.schema import FindingKind, Severity
@@ -27,7 +27,7 @@ SBX, PEER, SBX6, PEER6 = "10.77.0.2", "198.51.100.7", "fd77::2", "2001:db8::7"
 
 def icmp_findings(path):
     out = []
-    for event in Analyzer(detectors=[IcmpTunnelDetector()]).analyze(str(path)):
+    for event in Analyzer(detectors=[IcmpTunnelDetector]).analyze(str(path)):
         if isinstance(event, FlowsReady):
             out += event.result.findings
     assert all(f.kind == FindingKind.ICMP_TUNNEL for f in out)
@@ -80,7 +80,7 @@ def test_lab_captures_raise_icmp_tunnel_findings_only_for_the_tunnel_scenario(na
 
 
 def test_detector_is_registered():
-    assert DETECTORS["icmp_tunnel"] is IcmpTunnelDetector
+    assert BY_NAME["icmp_tunnel"] is IcmpTunnelDetector
 
 
 # ----------------------------------------------------------------------------------------------- negatives

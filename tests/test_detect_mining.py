@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
-from egressguard.detect import DETECTORS, default_detectors
-from egressguard.detect.dns_binding import DnsBinding, DnsObserver
+from egressguard.detect import BY_NAME
 from egressguard.detect.mining import MiningDetector, Params
-from egressguard.policy.pools import _codes, load_pools, question_end, tail_matches
+from egressguard.engine import Engine
 from egressguard.errors import ExitStatus, RulesError
-from egressguard.pipeline import Analyzer, FlowsReady
+from egressguard.pipeline import Analyzer, FlowsReady, Settings, default_context
+from egressguard.policy.pools import _codes, load_pools, question_end, tail_matches
 from egressguard.report.jsonl import dumps
 from egressguard.report.records import finding_record, flow_fields
 from egressbuilders import client_hello
@@ -99,19 +99,29 @@ def stratum_events(t: float = 0.1):
     return [(t, 0, jl(SUBSCRIBE, AUTHORIZE)), (t + 0.05, 1, jl(SUB_RESULT, {"id": 2, "result": True}, NOTIFY))]
 
 
+def mining_detector(**params) -> MiningDetector:
+    """A mining detector with the default pool list and a fresh DNS binding (its context: `detector.ctx`)."""
+    ctx = default_context()
+    detector = MiningDetector(ctx, Params(**params))
+    detector.ctx = ctx
+    return detector
+
+
+def mining_analyzer(detector: MiningDetector, settings: Settings = Settings()) -> Analyzer:
+    """An Analyzer that runs only `detector` (the engine feeds the detector's DNS binding first)."""
+    return Analyzer(settings, detectors=[lambda ctx: detector], ctx=detector.ctx)
+
+
 def mining_findings(path: Path, detector: MiningDetector | None = None):
-    """(findings of kind mining, annotations by dst port) of one capture, with only the DNS observer and the
-    mining detector (a fresh pair unless one is given)."""
-    if detector is None:
-        binding = DnsBinding()
-        detector = MiningDetector(binding)
-    detectors = [DnsObserver(detector.binding), detector]
+    """(findings of kind mining, annotations by dst port) of one capture, with only the mining detector (a fresh
+    one unless one is given)."""
+    detector = detector or mining_detector()
     findings, apps = [], {}
-    for event in Analyzer(detectors=detectors).analyze(str(path)):
+    for event in mining_analyzer(detector).analyze(str(path)):
         if isinstance(event, FlowsReady):
             findings += [f for f in event.result.findings if str(f.kind) == "mining"]
             for row, ann in event.result.annotations.items():
-                apps[int(event.batch.records[row]["resp_port"])] = ann.get("app")
+                apps[int(event.view.records[row]["resp_port"])] = ann.get("app")
     return findings, apps
 
 
@@ -182,11 +192,11 @@ def test_array_matchers_agree_with_plain_python():
 
 
 def test_registered_and_given_the_shared_dns_binding():
-    assert DETECTORS["mining"] is MiningDetector
-    dets = default_detectors()
-    mining = next(d for d in dets if isinstance(d, MiningDetector))
-    observer = next(d for d in dets if isinstance(d, DnsObserver))
-    assert mining.binding is observer.binding
+    assert BY_NAME["mining"] is MiningDetector
+    ctx = default_context()
+    engine = Engine(Settings(), ctx)
+    mining = next(d for d in engine.detectors if isinstance(d, MiningDetector))
+    assert mining.binding is ctx.binding and mining.pools is ctx.pools
 
 
 # ------------------------------------------------------------------------------------------------ M1
@@ -277,12 +287,10 @@ def test_dns_answer_read_after_the_flow_still_names_the_pool(tmp_path):
     for i in range(120):  # other traffic for two minutes: the TCP flows close long before the DNS flow idles out
         cap.add(1.0 + i, SANDBOX, OTHER, 17, udp(5000, 5001, b"x"))
     path = cap.write(tmp_path / "late.pcap")
-    binding = DnsBinding()
     batches = []
-    for event in Analyzer(Settings(chunk_frames=8), detectors=[DnsObserver(binding), MiningDetector(binding)]) \
-            .analyze(str(path)):
+    for event in mining_analyzer(mining_detector(), Settings(chunk_frames=8)).analyze(str(path)):
         if isinstance(event, FlowsReady):
-            batches.append(([int(p) for p in event.batch.records["resp_port"]],
+            batches.append(([int(p) for p in event.view.records["resp_port"]],
                             [f for f in event.result.findings if str(f.kind) == "mining"]))
     tcp_batch = next(i for i, (ports, _) in enumerate(batches) if 14433 in ports)
     dns_batch = next(i for i, (ports, _) in enumerate(batches) if 53 in ports)
@@ -360,7 +368,7 @@ def test_pair_memory_escalates_later_flows_with_a_note(tmp_path):
     cap.tcp(SANDBOX, POOL, 80, [(0.1, 0, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")], t0=70.0)  # explained: web
     cap.tcp(SANDBOX, OTHER, 443, [(0.1, 0, client_hello(None)), (0.2, 1, tls_record(300))], t0=80.0)
     cap.tcp(SANDBOX, POOL, 5000, [(0.1, 0, NOISE.randbytes(50))], t0=3 * 86400.0)  # long after: forgotten
-    detector = MiningDetector(DnsBinding())
+    detector = mining_detector()
     f = by_port(mining_findings(cap.write(tmp_path / "p.pcap"), detector)[0])
     assert set(f) == {3333, 443}
     rec = finding_record(f[443])
@@ -373,7 +381,7 @@ def test_pair_memory_escalates_later_flows_with_a_note(tmp_path):
 
 
 def test_pair_memory_is_bounded(tmp_path):
-    detector = MiningDetector(DnsBinding(), params=Params(pair_memory=2))
+    detector = mining_detector(pair_memory=2)
     cap = Pcap()
     for i in range(5):
         cap.tcp(SANDBOX, f"203.0.113.{20 + i}", 3333, stratum_events(), t0=i)
@@ -419,9 +427,8 @@ def _public_rows(cls: str):
 
 def _all_mining(path: Path):
     """Findings of the mining detector and its DNS observer (fresh, one capture at a time)."""
-    binding = DnsBinding()
     out = []
-    for event in Analyzer(detectors=[DnsObserver(binding), MiningDetector(binding)]).analyze(str(path)):
+    for event in mining_analyzer(mining_detector()).analyze(str(path)):
         if isinstance(event, FlowsReady):
             out += [f for f in event.result.findings if str(f.kind) == "mining"]
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
-from egressguard.detect.ssh_tunnel import Params, SshSignals, SshUse, classify
+from egressguard.detect.ssh_tunnel import SshSignals, SshUse, classify
 from egressguard.flows import FlowSettings, FlowTable
 from egressguard.payload.ssh import (PostAuth, SshHandshake, SshSide, find_banner, parse_handshake, parse_kexinit,
                                      post_auth, record_model)
@@ -228,7 +228,7 @@ def _ssh_verdicts(path):
         for f in event.result.findings:
             kinds[(int(f.flow["orig_port"]), int(f.flow["resp_port"]), flow_fields(f.flow)["src_ip"])] = f
         for row, ann in event.result.annotations.items():
-            ff = flow_fields(event.batch.records[row])
+            ff = flow_fields(event.view.records[row])
             key = (ff["src_port"], ff["dst_port"], ff["src_ip"])
             out[key] = (ann.get("ssh_use"), kinds.get(key), ff)
     return out
@@ -303,14 +303,14 @@ def test_hassh_matches_ja4_reference_output():
     for event in analyzer.analyze(str(public_capture("FoxIO-ja4/pcap/ssh-r.pcap"))):
         if not isinstance(event, FlowsReady):
             continue
-        for row in range(len(event.batch.records)):
-            sport = int(event.batch.records[row]["orig_port"])
+        for row in range(len(event.view.records)):
+            sport = int(event.view.records[row]["orig_port"])
             ref = next((e for e in expected if int(e.get("srcport", -1)) == sport and "ssh_extras" in e), None)
             if ref is None:
                 continue
-            hs = parse_handshake(event.batch.kept_stream(row, 0), event.batch.kept_stream(row, 1))
+            hs = parse_handshake(event.view.kept_stream(row, 0), event.view.kept_stream(row, 1))
             if hs is None:  # the rest of a connection cut by the idle timeout carries no handshake
-                assert event.batch.records[row]["end_reason"] != 0 and not event.batch.records[row]["flow_flags"] & 1
+                assert event.view.records[row]["end_reason"] != 0 and not event.view.records[row]["flow_flags"] & 1
                 continue
             assert hs.hassh() == ref["ssh_extras"]["hassh"]
             assert hs.hassh_server() == ref["ssh_extras"]["hassh_server"]
@@ -328,10 +328,10 @@ def test_cipher_and_mac_match_zeek_ssh_log():
     seen = {}
     for event in analyzer.analyze(str(public_capture("zeek/ssh/ssh.pcap"))):
         if isinstance(event, FlowsReady):
-            for row in range(len(event.batch.records)):
-                hs = parse_handshake(event.batch.kept_stream(row, 0), event.batch.kept_stream(row, 1))
+            for row in range(len(event.view.records)):
+                hs = parse_handshake(event.view.kept_stream(row, 0), event.view.kept_stream(row, 1))
                 if hs is not None:
-                    seen[int(event.batch.records[row]["orig_port"])] = hs
+                    seen[int(event.view.records[row]["orig_port"])] = hs
     checked = 0
     for r in rows:
         hs = seen.get(int(r["id.orig_p"]))
@@ -352,7 +352,7 @@ def test_connection_split_by_timeouts_keeps_its_verdict():
     findings, records = [], 0
     for event in Analyzer(settings).analyze(str(LAB_CAPTURES / "ssh-reverse-shell.pcap")):
         if isinstance(event, FlowsReady):
-            records += sum(1 for r in event.batch.records if r["resp_port"] == 443)
+            records += sum(1 for r in event.view.records if r["resp_port"] == 443)
             findings += [f for f in event.result.findings if str(f.kind) == "reverse_ssh_tunnel"]
     assert records >= 4  # 19 s cut every 4 s
     assert len(findings) == records
@@ -367,7 +367,7 @@ def test_idle_gap_split_rest_is_still_recognised_as_ssh():
     for event in Analyzer(Settings(flows=FlowSettings(tcp_idle_s=300.0))).analyze(str(path)):
         if isinstance(event, FlowsReady):
             for row, ann in event.result.annotations.items():
-                if event.batch.records[row]["orig_port"] == 64980:
+                if event.view.records[row]["orig_port"] == 64980:
                     uses.append(ann["ssh_use"])
     assert len(uses) == 2 and uses[0] == "interactive"
 

@@ -1,14 +1,14 @@
 """DNS binding: TTL expiry and the minimum TTL, CNAME chains, several names per address, per-sandbox separation,
-keep-alive while a flow is open, answers that come after a connection, and the DnsObserver on real DNS flows."""
+keep-alive while a flow is open, answers that come after a connection, and observe_dns on real DNS flows."""
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from egressguard.detect.dns_binding import MAX_NAMES_PER_ADDRESS, DnsBinding, DnsObserver
+from egressguard.detect.dns_binding import MAX_NAMES_PER_ADDRESS, DnsBinding, observe_dns
 from egressguard.netaddr import parse_address
 from egressguard.payload.dns import DnsMessage, DnsRecord, parse_message
-from egressguard.pipeline import Analyzer
+from egressguard.pipeline import Analyzer, FlowsReady
 
 sys.path.insert(0, str(Path(__file__).parent))
 from egressbuilders import Capture, dns_message  # noqa: E402
@@ -120,8 +120,9 @@ def test_observer_binds_udp_and_tcp_answers_at_the_time_they_were_sent(tmp_path)
     cap.dns_tcp(2.0, SBX, "10.0.0.1", "t.example", [("t.example", "AAAA", 30, "2606:2800:220:1::1")], qtype="AAAA")
     path = cap.write(tmp_path / "dns.pcap")
     binding = DnsBinding(min_ttl_s=0)
-    for _ in Analyzer(detectors=[DnsObserver(binding)]).analyze(str(path)):
-        pass
+    for event in Analyzer(detectors=[]).analyze(str(path)):
+        if isinstance(event, FlowsReady):
+            observe_dns(binding, event.view)
     t0 = cap.start
     assert binding.lookup(SBX, "93.184.216.1", t0 + 1.005) == ([], [], ["u.example"])  # the answer left at +1.01 s
     assert binding.names(SBX, "93.184.216.1", t0 + 1.02) == ["u.example"]

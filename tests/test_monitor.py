@@ -3,13 +3,16 @@ capture's own time as the clock, so timers, snapshot judgements, the finding gat
 real. (Live sockets, namespaces and the CLI: tests/test_watch.py.)"""
 import threading
 
+import numpy as np
 import pytest
 
 from conftest import lab_capture
 from egressguard.capture.replay import ReplaySource
-from egressguard.monitor import FindingGate, LiveMonitor, WatchSettings, finding_key
-from egressguard.pipeline import Settings
-from egressguard.policy.rules import ActiveRules, load_rules
+from egressguard.live import FindingGate, LiveMonitor, WatchSettings, finding_key
+from egressguard.netaddr import halves, parse_address
+from egressguard.pipeline import Settings, default_context
+from egressguard.policy.rules import load_rules
+from egressguard.schema import FLOW_DTYPE, Finding, FindingKind, Severity
 
 LAB_RULES = lab_capture("rules.toml")
 
@@ -19,7 +22,7 @@ def run(path, stop_at_s=None, chunk_frames=4):
     source = ReplaySource(path, "br0", chunk_frames=chunk_frames)
     emitted = []
     stop = threading.Event()
-    monitor = LiveMonitor(source, ActiveRules(load_rules(LAB_RULES)), lambda r: emitted.append((source.now_ns, r)),
+    monitor = LiveMonitor(source, default_context(load_rules(LAB_RULES)), lambda r: emitted.append((source.now_ns, r)),
                           WatchSettings(pipeline=Settings(), judge_every_s=1.0, window_every_s=2.0), clock=source.clock)
     if stop_at_s is not None:
         start = []
@@ -67,28 +70,36 @@ def test_stopping_early_still_judges_what_was_open():
     assert any(r["kind"] == "mining" for _, r in emitted)
 
 
+def finding(kind=FindingKind.MINING, src="10.0.0.2", dst="203.0.113.9", port=3333, src_port=40000,
+            severity=Severity.MEDIUM, score=0.5, subject=None) -> Finding:
+    """A typed finding about one TCP flow (what the detectors hand the gate)."""
+    rec = np.zeros(1, FLOW_DTYPE)[0]
+    (rec["orig_hi"], rec["orig_lo"]), (rec["resp_hi"], rec["resp_lo"]) = halves(parse_address(src)), \
+        halves(parse_address(dst))
+    rec["orig_port"], rec["resp_port"], rec["proto"], rec["ip_version"] = src_port, port, 6, 4
+    return Finding(kind, severity, score, ("evidence",), rec, "live", {}, subject)
+
+
 def test_gate_lets_a_finding_through_once_then_when_worse_or_after_the_interval():
     gate = FindingGate(suppress_s=60)
-    rec = {"kind": "mining", "src_ip": "10.0.0.2", "dst_ip": "203.0.113.9", "dst_port": 3333, "proto": "tcp",
-           "severity": "medium", "score": 0.5}
-    assert gate.admit(rec, 0.0)
-    assert not gate.admit({**rec, "src_port": 4444}, 1.0)  # another connection of the same pair: same finding
-    assert not gate.admit({**rec, "score": 0.55}, 2.0)  # not worse enough
-    assert gate.admit({**rec, "score": 0.7}, 3.0)  # score clearly higher
-    assert gate.admit({**rec, "severity": "high"}, 4.0)
-    assert not gate.admit({**rec, "severity": "medium"}, 5.0)  # less bad than what was said
-    assert gate.admit(rec, 70.0)  # the suppression interval passed
+    assert gate.admit(finding(), 0.0)
+    assert not gate.admit(finding(src_port=4444), 1.0)  # another connection of the same pair: same finding
+    assert not gate.admit(finding(score=0.55), 2.0)  # not worse enough
+    assert gate.admit(finding(score=0.7), 3.0)  # score clearly higher
+    assert gate.admit(finding(severity=Severity.HIGH), 4.0)
+    assert not gate.admit(finding(), 5.0)  # less bad than what was said
+    assert gate.admit(finding(), 70.0)  # the suppression interval passed
     assert gate.suppressed == 3
-    other = {**rec, "kind": "unexpected_destination", "reason": "denied"}
-    assert finding_key(other) != finding_key({**other, "reason": "unbound_ip"})
-    tunnel = {**rec, "kind": "dns_tunnel", "dns_tunnel": {"domain": "a.example"}}
-    assert finding_key(tunnel) != finding_key({**tunnel, "dns_tunnel": {"domain": "b.example"}})
+    egress = FindingKind.UNEXPECTED_DESTINATION
+    assert finding_key(finding(egress, subject="denied")) != finding_key(finding(egress, subject="unbound_ip"))
+    dns = FindingKind.DNS_TUNNEL
+    assert finding_key(finding(dns, subject="a.example")) != finding_key(finding(dns, subject="b.example"))
 
 
 def test_gate_memory_is_bounded():
     gate = FindingGate(suppress_s=60, capacity=10)
     for i in range(100):
-        assert gate.admit({"kind": "beacon", "src_ip": f"10.0.0.{i}", "severity": "low", "score": 0.3}, 0.0)
+        assert gate.admit(finding(FindingKind.BEACON, src=f"10.0.0.{i}", severity=Severity.LOW, score=0.3), 0.0)
     assert len(gate._last) == 10
 
 

@@ -1,11 +1,50 @@
-"""What every detector is: a unit that looks at a batch of finished flows and returns findings and flow labels."""
+"""What every detector is: a unit that judges a FlowView and returns findings and flow labels.
+
+The contract (ARCHITECTURE.md 3): a detector class names itself, the finding kinds it reports and how it takes part
+in live monitoring; it is built from a DetectorContext (what it may use) and its own frozen Params; the engine calls
+`start(capture)` before a capture's first batch, `inspect(view)` for every batch, and `finish()` when the capture
+ends (live mode: at the end of every reporting interval) for what the detector held back. Constructors read no
+files: the context is built once per run by whoever drives the engine.
+"""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, Iterable, Protocol
 
-from egressguard.flows import FlowBatch
-from egressguard.schema import Finding
+from egressguard.detect.dns_binding import DnsBinding
+from egressguard.flows.view import FlowView
+from egressguard.policy.allowlist import Allowlist
+from egressguard.policy.pools import PoolList
+from egressguard.policy.rules import ActiveRules
+from egressguard.schema import Finding, FindingKind
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class LiveMode(enum.Enum):
+    """How a detector takes part in live rounds (besides judging every finished flow)."""
+
+    FINISHED_ONLY = 0  # finished flows only
+    OPEN_FLOWS = 1  # a fresh instance judges a snapshot of the open flows that changed since the last round
+    OPEN_WINDOW = 2  # a fresh instance judges every open flow of its window (`open_window`) every window period
+
+
+@dataclass(frozen=True)
+class DetectorContext:
+    """What a detector may use, built once per run: the rules (ActiveRules swaps them atomically on reload), the
+    names DNS answers bound to addresses (fed by the engine before any detector sees a batch) and the pool list."""
+
+    rules: ActiveRules
+    binding: DnsBinding
+    pools: PoolList = field(default_factory=PoolList)
+
+    @classmethod
+    def build(cls, rules: ActiveRules | Allowlist, pools: PoolList | None = None) -> "DetectorContext":
+        """A context over `rules` with a fresh DNS binding that keeps names at least the rules' min_dns_ttl."""
+        active = rules if isinstance(rules, ActiveRules) else ActiveRules(rules)
+        return cls(active, DnsBinding(active.current.settings.min_dns_ttl_s), pools or PoolList())
 
 
 @dataclass
@@ -25,15 +64,43 @@ class BatchResult:
 
 
 class Detector(Protocol):
-    """A detector: `name` and `inspect(batch, capture) -> BatchResult`; it never mutates the batch.
+    """A detector. `open_window(cols)` (a static method: which open flows, given some live-table columns) is
+    required when `live` is OPEN_WINDOW."""
 
-    Optional hook `finish(capture) -> BatchResult`: called once after the last batch of a capture (by
-    pipeline.Analyzer; live mode may call it at the end of each reporting interval). A detector that holds flows back
-    (e.g. until the DNS answers that may explain them have arrived, as flows end out of order) or aggregates them
-    reports them here. Its findings are not tied to a batch row: they carry their own flow record, and arrive in a
-    FlowsReady event with an empty batch just before CaptureDone. Annotations returned by `finish` are ignored.
-    """
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[FindingKind, ...]]
+    live: ClassVar[LiveMode]
 
-    name: str
+    def __init__(self, ctx: DetectorContext, params=...) -> None: ...
 
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult: ...
+    def start(self, capture: str) -> None:
+        """A capture begins: forget per-capture state (findings will name `capture`)."""
+
+    def inspect(self, view: FlowView) -> BatchResult:
+        """Judge one batch; never mutates it."""
+
+    def finish(self) -> BatchResult:
+        """Report what was held back (flows waiting for DNS answers, aggregates); may be called again later."""
+
+
+def noisy_or(weights: Iterable[float]) -> float:
+    """1 - prod(1 - w): the probability that at least one of several independent signals is right (each weight
+    clipped to 0..1), rounded to 3 decimals."""
+    miss = 1.0
+    for w in weights:
+        miss *= 1.0 - min(max(float(w), 0.0), 1.0)
+    return round(1.0 - miss, 3)
+
+
+def window_rows(mask: "np.ndarray", last_seen_ns: "np.ndarray", limit: int) -> tuple["np.ndarray", int]:
+    """The `limit` most recently active rows of `mask` (a bounded round under a flood) and how many were left out."""
+    import numpy as np
+
+    rows = np.flatnonzero(mask)
+    if len(rows) <= limit:
+        return rows, 0
+    keep = rows[np.argpartition(last_seen_ns[rows], -limit)[-limit:]]
+    return np.sort(keep), len(rows) - limit
+
+
+__all__ = ["BatchResult", "Detector", "DetectorContext", "LiveMode", "noisy_or", "window_rows"]

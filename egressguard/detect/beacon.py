@@ -29,17 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.policy.allowlist import Allowlist
-from egressguard.detect.base import BatchResult
-from egressguard.detect.dns_binding import DnsBinding
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
 from egressguard.detect.rhythm import (BEACON_BUCKETS, LONG_BUCKETS, Rhythm, add_to_histograms, beacon_score,
                                        bin_of, checkin_intervals, measure_rhythm, merge_welford,
                                        merge_welford_groups, rita_bucket, rita_severity)
-from egressguard.flows import FlowBatch, burst_bytes
+from egressguard.flows import burst_bytes
 from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
-from egressguard.netaddr import address_text
+from egressguard.flows.view import FlowView
+from egressguard.netaddr import address_text, endpoint
 from egressguard.policy.model import FlowContext
-from egressguard.policy.rules import ActiveRules, load_rules
 from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, Severity, proto_name
 
 # (protocol, responder port) pairs that poll by design; NTP only with NTP-sized packets (see NTP_MAX_PAYLOAD)
@@ -154,27 +152,18 @@ def _hash_pairs(recs: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 class BeaconDetector:
-    """Reports `beacon` (regular connection starts, or regular bursts inside one flow) and `long_connection`.
-
-    Args:
-        binding: the DNS binding shared with the DnsObserver (names that make a destination allowed).
-        rules: the rules (ActiveRules, Allowlist, or None for the default file): who is a sandbox, what is allowed.
-    """
+    """Reports `beacon` (regular connection starts, or regular bursts inside one flow) and `long_connection`; reads
+    the rules (who is a sandbox, what is allowed) and the DNS binding (names that make a destination allowed)."""
 
     name = "beacon"
     kinds = (FindingKind.BEACON, FindingKind.LONG_CONNECTION)
-    uses_dns_binding = True
-    uses_rules = True
-    judges_open_flows = True  # live mode shows it snapshots of open flows: long connections are reported while open
+    live = LiveMode.OPEN_FLOWS  # snapshots of open flows: long connections are reported while open
 
-    def __init__(self, binding: DnsBinding | None = None, rules: ActiveRules | Allowlist | None = None,
-                 params: Params = Params()):
-        if not isinstance(rules, ActiveRules):
-            rules = ActiveRules(rules if rules is not None else load_rules())
-        self.rules = rules
-        self.binding = binding if binding is not None else DnsBinding()
+    def __init__(self, ctx: DetectorContext, params: Params = Params()):
+        self.rules = ctx.rules
+        self.binding = ctx.binding
         self.params = params
-        self._capture: str | None = None
+        self._capture = ""
         self._reset()
 
     def _reset(self) -> None:
@@ -186,12 +175,14 @@ class BeaconDetector:
         self._due: list[int] = []  # pair slots with enough check-ins to be judged at the end of this batch
 
     # ---- Detector protocol
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
-        if capture != self._capture:  # a new capture starts with a clean slate (live mode keeps one name)
-            self._capture = capture
-            self._reset()
+    def start(self, capture: str) -> None:
+        """A new capture starts with a clean slate (live mode keeps one capture)."""
+        self._capture = capture
+        self._reset()
+
+    def inspect(self, view: FlowView) -> BatchResult:
         result = BatchResult()
-        recs = batch.records
+        recs = view.records
         if not len(recs):
             return result
         rows = self._judged_rows(recs)
@@ -200,33 +191,31 @@ class BeaconDetector:
         first, last = int(recs["first_seen_ns"][rows].min()), int(recs["last_seen_ns"][rows].max())
         self._span = [min(self._span[0], first) if self._span[0] else first, max(self._span[1], last)]
         self._update_pairs(recs, rows)
-        self._judge_flows(recs, rows, capture, result)
-        self._judge_pairs_due(capture, result)
+        self._judge_flows(recs, rows, result)
+        self._judge_pairs_due(result)
         return result
 
-    def finish(self, capture: str) -> BatchResult:
+    def finish(self) -> BatchResult:
         """Report every pair series whose evidence now suffices (or got worse since it was reported); live mode
         calls this every few seconds, so only series that changed since they were last judged are looked at."""
         result = BatchResult()
-        if capture == self._capture and self.pairs.keys.size:
+        if self.pairs.keys.size:
             slots = self.pairs.slot_of
-            self._judge_pairs(slots[self.pairs.dirty[slots]], capture, result)
+            self._judge_pairs(slots[self.pairs.dirty[slots]], result)
         return result
 
     # ---- which flows
     def _judged_rows(self, recs: np.ndarray) -> np.ndarray:
-        rules = self.rules.current
-        inside = rules.inside(recs["orig_hi"], recs["orig_lo"])
-        if not inside.any():
+        """Outbound flows (the policy's definition) of services that do not poll by design."""
+        outbound = self.rules.current.outbound(recs)
+        if not outbound.any():
             return np.zeros(0, np.int64)
-        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
-        leaves = ~rules.dest_inside(recs["resp_hi"], recs["resp_lo"]) & (rules.treatments[classes] != 2)
         proto, port = recs["proto"].astype(np.int64), recs["resp_port"].astype(np.int64)
         exempt = np.isin(proto, EXEMPT_PROTOS) | np.isin(proto * 65536 + port,
                                                          [p * 65536 + q for p, q in EXEMPT_SERVICES])
         exempt |= (proto == 17) & (port == NTP_PORT) & (np.maximum(recs["orig_payload_max"],
                                                                    recs["resp_payload_max"]) <= NTP_MAX_PAYLOAD)
-        return np.flatnonzero(inside & leaves & ~exempt)
+        return np.flatnonzero(outbound & ~exempt)
 
     # ---- connection starts per pair
     def _update_pairs(self, recs: np.ndarray, rows: np.ndarray) -> None:
@@ -268,7 +257,7 @@ class BeaconDetector:
         ready = touched[p.checkins[touched] >= self.params.inspect_connections]
         self._due.extend(ready.tolist())
 
-    def _judge_pairs(self, slots: np.ndarray, capture: str, result: BatchResult) -> None:
+    def _judge_pairs(self, slots: np.ndarray, result: BatchResult) -> None:
         p, prm = self.pairs, self.params
         slots = slots[(p.checkins[slots] >= prm.min_connections) & (p.gap[slots, 0] >= prm.min_intervals)]
         p.dirty[slots] = False
@@ -289,15 +278,15 @@ class BeaconDetector:
             details = {"beacon": {"scope": "connections", "connections": int(p.count[s]), **_timing(gaps),
                                   "bytes_sent": round(sent.median, 1), "score": beacon,
                                   "parts": [round(x, 3) for x in parts]}}
-            self._emit(FindingKind.BEACON, rita_bucket(beacon, BEACON_BUCKETS), rec, evidence, details, capture,
-                       result, lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
+            self._emit(FindingKind.BEACON, rita_bucket(beacon, BEACON_BUCKETS), rec, evidence, details, result,
+                       lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
 
     def _regular(self, gaps: Rhythm) -> bool:
         prm = self.params
         return gaps.cv() <= (prm.max_cv if gaps.n >= prm.few_intervals else prm.max_cv_few)
 
     # ---- bursts inside flows, and long connections
-    def _judge_flows(self, recs: np.ndarray, rows: np.ndarray, capture: str, result: BatchResult) -> None:
+    def _judge_flows(self, recs: np.ndarray, rows: np.ndarray, result: BatchResult) -> None:
         """Bursts and duration of long flows recs[rows] (and of every record of a connection the active timeout
         cut)."""
         prm = self.params
@@ -312,12 +301,12 @@ class BeaconDetector:
         for i in range(len(sub)):
             rec = sub[i]
             conn = self._connection(rec, float(mean_b[i]), float(sd_b[i]))
-            self._judge_bursts(rec, conn, capture, result)
-            self._judge_long(rec, conn, capture, result)
+            self._judge_bursts(rec, conn, result)
+            self._judge_long(rec, conn, result)
 
-    def _judge_pairs_due(self, capture: str, result: BatchResult) -> None:
+    def _judge_pairs_due(self, result: BatchResult) -> None:
         if self._due:
-            self._judge_pairs(np.unique(np.array(self._due, np.int64)), capture, result)
+            self._judge_pairs(np.unique(np.array(self._due, np.int64)), result)
             self._due = []
 
     def _connection(self, rec: np.void, bytes_mean: float, bytes_sd: float) -> dict:
@@ -346,7 +335,7 @@ class BeaconDetector:
                 self.open_evicted += 1
         return conn
 
-    def _judge_bursts(self, rec: np.void, conn: dict, capture: str, result: BatchResult) -> None:
+    def _judge_bursts(self, rec: np.void, conn: dict, result: BatchResult) -> None:
         prm = self.params
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
         n_gaps, mean_gap, _ = conn["gaps"]
@@ -374,10 +363,10 @@ class BeaconDetector:
         details = {"beacon": {"scope": "bursts", "bursts": conn["bursts"], **_timing(gaps),
                               "bytes_per_burst": round(sizes.mean, 1), "keepalive_sized": keepalive,
                               "score": beacon, "parts": [round(x, 3) for x in parts]}}
-        self._emit(FindingKind.BEACON, score, out, evidence, details, capture, result,
+        self._emit(FindingKind.BEACON, score, out, evidence, details, result,
                    lambda sev: conn["reported"].__setitem__("beacon", sev), conn["reported"].get("beacon", 0))
 
-    def _judge_long(self, rec: np.void, conn: dict, capture: str, result: BatchResult) -> None:
+    def _judge_long(self, rec: np.void, conn: dict, result: BatchResult) -> None:
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
         if span_s < self.params.long_connection_s:
             return
@@ -391,12 +380,12 @@ class BeaconDetector:
                     "RITA rates connections from 1 h (low) over 4 h (medium) and 8 h (high); Zeek's "
                     "long-connections package notices at 1 h and again at 12 h"]
         details = {"long_connection": {"duration_s": round(span_s, 3), "score": round(score, 3)}}
-        self._emit(FindingKind.LONG_CONNECTION, score, _record(rec, conn["first_ns"]), evidence, details, capture,
-                   result, lambda sev: conn["reported"].__setitem__("long", sev), conn["reported"].get("long", 0))
+        self._emit(FindingKind.LONG_CONNECTION, score, _record(rec, conn["first_ns"]), evidence, details, result,
+                   lambda sev: conn["reported"].__setitem__("long", sev), conn["reported"].get("long", 0))
 
     # ---- reporting
     def _emit(self, kind: FindingKind, score: float, rec: np.void, evidence: list[str], details: dict,
-              capture: str, result: BatchResult, remember, reported: int) -> None:
+              result: BatchResult, remember, reported: int) -> None:
         """Append a finding unless one at this severity or worse was already reported for the same subject."""
         severity = rita_severity(score)
         allowed = self._allowed(rec)
@@ -408,7 +397,7 @@ class BeaconDetector:
             return
         remember(int(severity))
         result.findings.append(Finding(kind=kind, severity=severity, score=round(float(score), 3),
-                                       evidence=tuple(evidence), flow=rec, capture=capture, details=details))
+                                       evidence=tuple(evidence), flow=rec, capture=self._capture, details=details))
 
     def _allowed(self, rec: np.void) -> str:
         """Which allow rule covers the destination (by address or class, or a name DNS bound to it), or ''."""
@@ -419,7 +408,7 @@ class BeaconDetector:
         if rules.match_cidr("allow", ctx)[0] or rules.match_class("allow", classes, ctx)[0]:
             entry = rules.first_entry("allow", ctx, 0, int(classes[0]))
             return entry.label() if entry is not None else "an allow entry"
-        names = self.binding.lookup(_int(rec, "orig"), _int(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)[0]
+        names = self.binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)[0]
         entry = rules.match_names("allow", names, ctx.scopes[:, 0], int(rec["proto"]), int(rec["resp_port"])) \
             if names else None
         return f"{entry.label()} via {', '.join(names[:3])}" if entry is not None else ""
@@ -444,12 +433,8 @@ def _record(rec: np.void, first_ns: int) -> np.void:
     return out
 
 
-def _int(rec: np.void, side: str) -> int:
-    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
-
-
 def _addr(rec: np.void, side: str) -> str:
-    return address_text(_int(rec, side))
+    return address_text(endpoint(rec, side))
 
 
 def _dst(rec: np.void) -> str:

@@ -9,8 +9,8 @@ was asked for, so a CDN edge address is bound to the asked name and to every ali
 leads to an address is kept (CDN addresses are shared), up to MAX_NAMES_PER_ADDRESS. PTR answers bind nothing:
 reverse DNS is chosen by whoever owns the address (Little Snitch rejects it for the same reason).
 
-`DnsObserver` is the detector that feeds the binding from DNS flows (UDP and TCP, ports 53 and 5353); it reports
-nothing by itself and runs before every detector that reads the binding.
+`observe_dns` feeds the binding from a batch's DNS flows (UDP and TCP, ports 53 and 5353); the engine runs it before
+every detector, so all of them read names bound by the answers in the same batch.
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult
-from egressguard.flows import FlowBatch
+from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, keys, parse_address
 from egressguard.payload.dns import DnsMessage, parse_message, parse_tcp_stream
+from egressguard.schema import AppTag
 
-DNS_PORTS = (53, 5353)
 MIN_TTL_S = 3600.0  # Cilium's default --tofqdns-min-ttl: short TTLs must not unbind names still in use
 MAX_BOUND_ADDRESSES = 1 << 20  # bounded memory: the least recently answered (sandbox, address) pairs go first
 MAX_NAMES_PER_ADDRESS = 64  # CDN edges serve many names; beyond this the soonest-expiring name goes
@@ -171,35 +170,26 @@ class DnsBinding:
         return len(self._bound)
 
 
-class DnsObserver:
-    """Feeds a DnsBinding from the DNS flows of each batch (UDP and TCP, ports 53 and 5353).
+def observe_dns(binding: DnsBinding, view: FlowView) -> None:
+    """Feed `binding` from the DNS answers of a batch (UDP and TCP, DNS and mDNS ports). The engine calls this
+    before any detector sees the batch, so every detector reads names bound by the answers in the same batch.
 
     Each UDP answer is bound at the time of the packet that carried it (from the flow's early packet sequence);
-    TCP answers at the time of the first answer segment.
-    """
-
-    name = "dns"
-
-    def __init__(self, binding: DnsBinding):
-        self.binding = binding
-
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
-        recs = batch.records
-        dns = np.isin(recs["resp_port"], DNS_PORTS) & np.isin(recs["proto"], (6, 17)) & (recs["slot"] >= 0) & \
-            (recs["resp_payload_pkts"] > 0)
-        for row in np.flatnonzero(dns).tolist():
-            rec = recs[row]
-            client = (int(rec["orig_hi"]) << 64) | int(rec["orig_lo"])
-            first = float(rec["first_seen_ns"]) / 1e9
-            sizes, dt_us = batch.early_sequence(row)
-            times = (first + dt_us[sizes < 0] / 1e6).tolist()
-            if int(rec["proto"]) == 17:
-                for k, piece in enumerate(batch.kept_payload(row, 1)):
-                    message = parse_message(piece)
-                    if message is not None:
-                        self.binding.observe(client, message, times[k] if k < len(times) else first)
-            else:
-                ts = times[0] if times else first
-                for message in parse_tcp_stream(batch.kept_stream(row, 1)):
-                    self.binding.observe(client, message, ts)
-        return BatchResult()
+    TCP answers at the time of the first answer segment."""
+    recs = view.records
+    dns = view.tagged(AppTag.DNS | AppTag.MDNS) & (recs["slot"] >= 0) & (recs["resp_payload_pkts"] > 0)
+    for row in np.flatnonzero(dns).tolist():
+        rec = recs[row]
+        client = (int(rec["orig_hi"]) << 64) | int(rec["orig_lo"])
+        first = float(rec["first_seen_ns"]) / 1e9
+        sizes, dt_us = view.early_sequence(row)
+        times = (first + dt_us[sizes < 0] / 1e6).tolist()
+        if int(rec["proto"]) == 17:
+            for k, piece in enumerate(view.kept_payload(row, 1)):
+                message = parse_message(piece)
+                if message is not None:
+                    binding.observe(client, message, times[k] if k < len(times) else first)
+        else:
+            ts = times[0] if times else first
+            for message in parse_tcp_stream(view.kept_stream(row, 1)):
+                binding.observe(client, message, ts)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
 from egressguard.detect.dns_names import name_features, split_name
-from egressguard.flows import FlowBatch
+from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text
 from egressguard.payload.dns import TYPE_NAMES, DnsSummary, name_text, summarize_message, summarize_tcp_stream
-from egressguard.schema import Finding, FindingKind, Severity
+from egressguard.schema import AppTag, Finding, FindingKind, Severity
 
 DNS_PORT = 53  # 5353 (mDNS) and 5355 (LLMNR) are link-local name services, not egress
 NXDOMAIN = 3  # RFC 1035 4.1.1 RCODE 3, "Name Error"
@@ -102,64 +102,66 @@ class DnsTunnelDetector:
     """Reports `dns_tunnel` findings per (sandbox, registered domain)."""
 
     name = "dns_tunnel"
-    # live mode: a fresh instance judges every open DNS flow each round (a one-port tunnel is one flow that never
-    # ends; query-per-port tunnels leave their flows open for the idle timeout, so a round sees about a minute)
-    judges_open_flows = "window"
+    kinds = (FindingKind.DNS_TUNNEL,)
+    # live mode: a fresh instance judges every open DNS flow each window period (a one-port tunnel is one flow that
+    # never ends; query-per-port tunnels leave their flows open for the idle timeout, so a round sees about a minute)
+    live = LiveMode.OPEN_WINDOW
 
     @staticmethod
     def open_window(cols: dict[str, np.ndarray]) -> np.ndarray:
         """Which open flows a round shows it (columns proto, resp_port of FlowTable.live_columns)."""
         return (cols["resp_port"] == DNS_PORT) & np.isin(cols["proto"], (6, 17))
 
-    def __init__(self, params: Params = Params()):
+    def __init__(self, ctx: DetectorContext | None = None, params: Params = Params()):
         self.params = params
         self._states: OrderedDict[tuple[int, str], _DomainState] = OrderedDict()
-        self._capture: str | None = None
+        self._capture = ""
         self.dropped_domains = 0  # states dropped because max_domains were tracked (each counted once)
         self.unattributed_queries = 0  # queries in flows whose names could not be read (no payload slot, mixed)
         self.names_read = 0  # question names read and judged
         self.names_ignored = 0  # ... read and never judged (reverse, mDNS, single-label names)
 
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
-        if capture != self._capture:  # a new capture starts from nothing (live mode keeps one name)
-            self._states.clear()
-            self._capture = capture
-        recs = batch.records
+    def start(self, capture: str) -> None:
+        """A new capture starts from nothing (live mode keeps one capture)."""
+        self._capture = capture
+        self._states.clear()
+
+    def inspect(self, view: FlowView) -> BatchResult:
+        recs = view.records
         if not len(recs):
             return BatchResult()
-        dns = (recs["resp_port"] == DNS_PORT) & np.isin(recs["proto"], (6, 17)) & (recs["orig_payload_pkts"] > 0)
+        dns = view.tagged(AppTag.DNS) & (recs["orig_payload_pkts"] > 0)
         touched: set[tuple[int, str]] = set()
         for row in np.flatnonzero(dns).tolist():
-            touched |= self._add_flow(batch, row)
+            touched |= self._add_flow(view, row)
         self._forget(int(recs["last_seen_ns"].max()))
         result = BatchResult()
         for key in touched:
             state = self._states.get(key)
-            finding = self._report(state, capture, early=True) if state is not None else None
+            finding = self._report(state, early=True) if state is not None else None
             if finding is not None:
                 result.findings.append(finding)
         return result
 
-    def finish(self, capture: str) -> BatchResult:
+    def finish(self) -> BatchResult:
         """Report every (sandbox, domain) that qualifies and was not yet reported at this severity."""
-        findings = [f for f in (self._report(s, capture, early=False) for s in list(self._states.values()))
-                    if f is not None]
+        findings = [f for f in (self._report(s, early=False) for s in list(self._states.values())) if f is not None]
         return BatchResult(findings=findings)
 
     # ---- accounting
-    def _add_flow(self, batch: FlowBatch, row: int) -> set[tuple[int, str]]:
+    def _add_flow(self, view: FlowView, row: int) -> set[tuple[int, str]]:
         """Account one DNS flow; returns the (sandbox, domain) keys it touched."""
-        rec = batch.records[row]
+        rec = view.records[row]
         if int(rec["slot"]) < 0:
             self.unattributed_queries += int(rec["orig_payload_pkts"])
             return set()
         if int(rec["proto"]) == 17:
-            asked = [summarize_message(p) for p in batch.kept_payload(row, 0)]
-            answered = [summarize_message(p) for p in batch.kept_payload(row, 1)]
+            asked = [summarize_message(p) for p in view.kept_payload(row, 0)]
+            answered = [summarize_message(p) for p in view.kept_payload(row, 1)]
             total = int(rec["orig_payload_pkts"])
         else:
-            asked = summarize_tcp_stream(batch.kept_stream(row, 0))
-            answered = summarize_tcp_stream(batch.kept_stream(row, 1))
+            asked = summarize_tcp_stream(view.kept_stream(row, 0))
+            answered = summarize_tcp_stream(view.kept_stream(row, 1))
             total = len(asked)
         queries = [(q, split_name(q.qname)) for q in asked if q is not None and not q.is_response]
         judged = [(q, s) for q, s in queries if s is not None]
@@ -282,7 +284,7 @@ class DnsTunnelDetector:
             reasons.append("the names end in no valid top-level domain, so only a server that expects them answers")
         return (Severity(level) if level else None), reasons
 
-    def _report(self, s: _DomainState, capture: str, early: bool) -> Finding | None:
+    def _report(self, s: _DomainState, early: bool) -> Finding | None:
         severity, reasons = self._verdict(s)
         if severity is None or int(severity) <= s.reported or (early and severity < Severity.HIGH):
             return None
@@ -300,7 +302,8 @@ class DnsTunnelDetector:
             "query_bytes": s.query_bytes, "answer_bytes": s.answer_bytes, "answer_max": s.answer_max,
             "edns_max": s.edns_max, "nxdomain": s.nxdomain, "flows": s.flows, "example": s.example,
             "reasons": reasons}}
-        return Finding(FindingKind.DNS_TUNNEL, severity, score, tuple(_evidence(s, reasons)), flow, capture, details)
+        return Finding(FindingKind.DNS_TUNNEL, severity, score, tuple(_evidence(s, reasons)), flow, self._capture,
+                       details, subject=s.domain[:MAX_DOMAIN_TEXT])
 
 
 def _duration(seconds: float) -> str:

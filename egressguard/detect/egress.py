@@ -32,25 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
+from egressguard.detect.egress_findings import Aggregator, Reason, reason_code
+from egressguard.flows.view import FlowView, ServerNames
+from egressguard.netaddr import address_text, endpoint
 from egressguard.policy.addrclass import DNS_PORT, DOH_NAMES, DOT_PORT, HOST_CRITICAL_PORTS
 from egressguard.policy.allowlist import DOH, HOST, Allowlist, FlowContext
-from egressguard.detect.base import BatchResult
-from egressguard.detect.dns_binding import DnsBinding
-from egressguard.detect.egress_findings import Aggregator, Reason, reason_code
-from egressguard.flows import FlowBatch
-from egressguard.netaddr import address_text
-from egressguard.payload.http import looks_like_request, request_host
-from egressguard.payload.tls import find_sni, parse_client_hello, sni_text
-from egressguard.policy.rules import ActiveRules, load_rules
-from egressguard.schema import Severity, proto_name
+from egressguard.schema import FindingKind, Severity, proto_name
 
 ALLOWED, PENDING = 254, 255
 TCP_UDP = (6, 17)
-SNI_WIDTH = 2048  # a ClientHello with a post-quantum key share is ~1.8 KB; the flow table keeps 2 KiB by default
-SNI_CHUNK = 2048  # rows per numpy pass (keeps the temporary array at ~8 MB)
-SNI_FIRST_LOOK = 512  # bytes of each hello looked at first
 RELEASE_ROWS = 32768  # waiting flows judged together
-HTTP_HEAD = 1024  # bytes of a request searched for its Host header
 
 
 @dataclass(frozen=True)
@@ -64,39 +56,35 @@ class Params:
 
 
 class UnexpectedDestinationDetector:
-    """Reports `unexpected_destination` findings with a `reason`; reads the DNS binding the DnsObserver feeds.
-
-    Args:
-        binding: the DNS binding shared with the DnsObserver (a private one when None).
-        rules: the rules (an ActiveRules to swap them while running, an Allowlist, or None for the default file).
-    """
+    """Reports `unexpected_destination` findings with a `reason`; reads the DNS binding the engine feeds."""
 
     name = "unexpected_destination"
-    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
-    uses_dns_binding = True  # default_detectors() hands it the shared DnsBinding ...
-    uses_rules = True  # ... and the rules
+    kinds = (FindingKind.UNEXPECTED_DESTINATION,)
+    live = LiveMode.OPEN_FLOWS  # a connection to somewhere unexpected is reported while it is open
 
-    def __init__(self, binding: DnsBinding | None = None, rules: ActiveRules | Allowlist | None = None,
-                 params: Params = Params()):
-        if not isinstance(rules, ActiveRules):
-            rules = ActiveRules(rules if rules is not None else load_rules())
-        self.rules = rules
-        self.binding = binding if binding is not None else DnsBinding(rules.current.settings.min_dns_ttl_s)
+    def __init__(self, ctx: DetectorContext, params: Params = Params()):
+        self.rules = ctx.rules
+        self.binding = ctx.binding
         self.params = params
         self._agg = Aggregator(params.max_destinations_per_sandbox, params.max_findings)
         self._pending: list[_Pending] = []
         self._pending_rows = 0
         self._now_ns = 0
+        self._capture = ""
 
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+    def start(self, capture: str) -> None:
+        self._capture = capture
+        self._now_ns = 0  # each capture has its own clock
+
+    def inspect(self, view: FlowView) -> BatchResult:
         rules = self.rules.current  # one version of the rules for the whole batch
         self.binding.min_ttl_s = rules.settings.min_dns_ttl_s
-        recs = batch.records
+        recs = view.records
         if len(recs):
             self._now_ns = max(self._now_ns, int(recs["last_seen_ns"].max()))
-            rows = self._egress_rows(rules, recs)
+            rows = np.flatnonzero(rules.outbound(recs))
             if len(rows):
-                sub, names = recs[rows], self._server_names(batch, rows)
+                sub, names = recs[rows], _server_names(view.server_names, rows)
                 # flows to addresses DNS bound are judged now; the others wait for answers from later batches
                 # (their verdict does not change by waiting, and findings are reported at the end anyway)
                 now = self.binding.bound_anywhere(sub["resp_hi"], sub["resp_lo"])
@@ -108,63 +96,12 @@ class UnexpectedDestinationDetector:
         self._release(rules, final=False)
         return BatchResult()
 
-    def finish(self, capture: str) -> BatchResult:
-        """The capture ended: judge every waiting flow and report the capture's findings."""
+    def finish(self) -> BatchResult:
+        """Judge every waiting flow and report the findings aggregated so far (end of a capture, or of a live
+        reporting interval)."""
         rules = self.rules.current
         self._release(rules, final=True)
-        self._now_ns = 0  # the next capture has its own clock
-        return BatchResult(findings=self._agg.emit(capture, rules))
-
-    # ---- which flows, and what they carry
-    @staticmethod
-    def _egress_rows(rules: Allowlist, recs: np.ndarray) -> np.ndarray:
-        inside = rules.inside(recs["orig_hi"], recs["orig_lo"])
-        if not inside.any():
-            return np.zeros(0, np.int64)
-        if len(rules.settings.host_addresses):  # the host itself is no sandbox
-            inside &= rules.classify(recs["orig_hi"], recs["orig_lo"]) != HOST
-        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
-        leaves = ~rules.dest_inside(recs["resp_hi"], recs["resp_lo"]) | (classes == HOST)
-        return np.flatnonzero(inside & leaves & (rules.treatments[classes] != 2))
-
-    @staticmethod
-    def _server_names(batch: FlowBatch, rows: np.ndarray) -> dict[int, tuple[str, str]]:
-        """TLS SNI or HTTP Host of the given rows, keyed by position in `rows`."""
-        table = batch.table
-        slots = batch.records["slot"][rows]
-        kept = np.flatnonzero(slots >= 0)
-        out: dict[int, tuple[str, str]] = {}
-        if not len(kept):
-            return out
-        head = table.t.keep_data[slots[kept], 0, :6]
-        tls = kept[(head[:, 0] == 22) & (head[:, 1] == 3) & (head[:, 5] == 1)]
-        full = min(SNI_WIDTH, table.settings.keep_bytes)
-        for lo in range(0, len(tls), SNI_CHUNK):
-            part = tls[lo:lo + SNI_CHUNK]
-            fill = table.t.keep_fill[slots[part], 0].astype(np.int64)
-            todo = np.arange(len(part))
-            for width in sorted({min(SNI_FIRST_LOOK, full), full}):
-                # most hellos name the server in their first bytes; the others get a second, wider look
-                data = table.t.keep_data[slots[part[todo]], 0, :width]
-                offset, length, status = find_sni(data, np.minimum(fill[todo], width))
-                for i in np.flatnonzero(offset >= 0).tolist():
-                    out[int(part[todo[i]])] = (sni_text(data[i, offset[i]:offset[i] + length[i]].tobytes()), "tls_sni")
-                for i in np.flatnonzero(status == 2).tolist():
-                    hello = parse_client_hello(batch.kept_stream(int(rows[part[todo[i]]]), 0))
-                    if hello is not None and hello.sni:
-                        out[int(part[todo[i]])] = (hello.sni, "tls_sni")
-                todo = todo[(offset < 0) & (status == 1) & (fill[todo] > width)]
-                if not len(todo):
-                    break
-        http = kept[looks_like_request(head[:, :4])]
-        if len(http):
-            fill = table.t.keep_fill[slots[http], 0].tolist()
-            data = table.t.keep_data[slots[http], 0, :min(HTTP_HEAD, table.settings.keep_bytes)]
-            for i, r in enumerate(http.tolist()):
-                host = request_host(data[i, :fill[i]].tobytes())
-                if host:
-                    out[r] = (host, "http_host")
-        return out
+        return BatchResult(findings=self._agg.emit(self._capture, rules))
 
     # ---- judging
     def _judge(self, rules: Allowlist, recs: np.ndarray, server_names: dict[int, tuple[str, str]],
@@ -256,7 +193,7 @@ class UnexpectedDestinationDetector:
         for r, (live, _, _) in bound.items():
             if live:  # an open flow keeps the names it was bound to (Cilium: not expired until it terminates)
                 rec = recs[r]
-                self.binding.keep_alive(_int(rec, "orig"), _int(rec, "resp"), int(rec["last_seen_ns"]) / 1e9,
+                self.binding.keep_alive(endpoint(rec, "orig"), endpoint(rec, "resp"), int(rec["last_seen_ns"]) / 1e9,
                                         since=int(rec["first_seen_ns"]) / 1e9)
         if wait.any():
             self._wait(recs, server_names, np.flatnonzero(wait))
@@ -282,7 +219,7 @@ class UnexpectedDestinationDetector:
         out = {}
         for r in np.flatnonzero(self.binding.bound_anywhere(recs["resp_hi"], recs["resp_lo"])).tolist():
             rec = recs[r]
-            found = self.binding.lookup(_int(rec, "orig"), _int(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)
+            found = self.binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)
             if any(found):
                 out[r] = found
         return out
@@ -310,7 +247,7 @@ class UnexpectedDestinationDetector:
                 return ALLOWED, 0, facts
             return reason_code(Reason.NOT_ALLOWLISTED), 0, {**facts, "why": lambda: (
                 f"the {how} {name} (bound to {_dst(rec)} by DNS) matches no allow entry on {_service(proto, port)}")}
-        sandbox = _int(rec, "orig")
+        sandbox = endpoint(rec, "orig")
 
         def seen() -> str:
             elsewhere = self.binding.addresses(sandbox, name)
@@ -375,6 +312,11 @@ class _Pending:
         self.first_max = int(recs["first_seen_ns"].max())
 
 
+def _server_names(names: ServerNames, rows: np.ndarray) -> dict[int, tuple[str, str]]:
+    """Server names of `rows` (TLS SNI or HTTP Host), keyed by position in `rows`."""
+    return {int(i): names.get(int(rows[i])) for i in np.flatnonzero(names.source[rows] > 0).tolist()}
+
+
 def _subset(names: dict[int, tuple[str, str]], rows: np.ndarray) -> dict[int, tuple[str, str]]:
     """Server names of `rows`, re-keyed by position in `rows`."""
     if not names:
@@ -391,12 +333,8 @@ def _add_server_name(info: dict, sname: tuple[str, str] | None) -> dict:
     return info
 
 
-def _int(rec: np.void, side: str) -> int:
-    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
-
-
 def _dst(rec: np.void) -> str:
-    return address_text(_int(rec, "resp"))
+    return address_text(endpoint(rec, "resp"))
 
 
 def _service(proto: int, port: int) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from egressguard.policy.addrclass import DOH_NAMES, DOT_PORT, HOST_PORT_NAMES
 from egressguard.policy.allowlist import CLASS_NAMES, CLASSES, Allowlist
-from egressguard.netaddr import address_text, keys
+from egressguard.netaddr import address_text, endpoint, keys
 from egressguard.schema import Finding, FindingKind, Severity, proto_name
 
 SCORE = {Severity.LOW: 0.3, Severity.MEDIUM: 0.5, Severity.HIGH: 0.8, Severity.CRITICAL: 0.95}
@@ -239,7 +239,7 @@ class Aggregator:
         severity = Severity(max(g.severity, 1))
         egress = {
             "reason": str(reason),
-            "sandbox": rules.sandbox_name(_int(rec, "orig"), int(rec["orig_mac"])),
+            "sandbox": rules.sandbox_name(endpoint(rec, "orig"), int(rec["orig_mac"])),
             "destination": dst,
             "ports": [{"proto": proto_name(p), "port": port} for p, port in ports[:32]],
             "names": names,
@@ -256,7 +256,7 @@ class Aggregator:
         }
         return Finding(kind=FindingKind.UNEXPECTED_DESTINATION, severity=severity, score=SCORE[severity],
                        evidence=tuple(evidence), flow=rec, capture=capture,
-                       details={"reason": str(reason), "egress": egress})
+                       details={"reason": str(reason), "egress": egress}, subject=str(reason))
 
     def _summary(self, code: int, over: _Overflow, capture: str, rules: Allowlist) -> Finding:
         reason = REASONS[code - 1]
@@ -271,7 +271,7 @@ class Aggregator:
                   "flows": over.flows, "bytes": over.bytes, "rules": rules.source}
         return Finding(kind=FindingKind.UNEXPECTED_DESTINATION, severity=severity, score=SCORE[severity],
                        evidence=(text,), flow=over.rec, capture=capture,
-                       details={"reason": str(reason), "egress": egress})
+                       details={"reason": str(reason), "egress": egress}, subject=f"{reason} (more)")
 
 
 def _distinct(k: np.ndarray) -> np.ndarray:
@@ -280,16 +280,12 @@ def _distinct(k: np.ndarray) -> np.ndarray:
     return k[np.r_[True, k[1:] != k[:-1]]] if len(k) else k
 
 
-def _int(rec: np.void, side: str) -> int:
-    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
-
-
 def _address(rec: np.void, side: str) -> str:
-    return address_text(_int(rec, side))
+    return address_text(endpoint(rec, side))
 
 
 def _sandbox(rec: np.void, rules: Allowlist) -> str:
-    name = rules.sandbox_name(_int(rec, "orig"), int(rec["orig_mac"]))
+    name = rules.sandbox_name(endpoint(rec, "orig"), int(rec["orig_mac"]))
     return f"{_address(rec, 'orig')} ({name})" if name else _address(rec, "orig")
 
 

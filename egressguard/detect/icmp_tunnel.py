@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult
-from egressguard.flows import FlowBatch
-from egressguard.netaddr import address_text
-from egressguard.schema import Finding, FindingKind, Severity
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
+from egressguard.flows.view import FlowView
+from egressguard.netaddr import address_text, endpoint
+from egressguard.schema import AppTag, Finding, FindingKind, Severity
 
 ECHO_REQUEST = {1: 8, 58: 128}  # ICMP type 8 (RFC 792), ICMPv6 type 128 (RFC 4443)
 ECHO_REPLY = {1: 0, 58: 129}
@@ -73,45 +73,48 @@ class IcmpTunnelDetector:
     """Reports `icmp_tunnel` findings on echo flows whose payloads are not what ping sends."""
 
     name = "icmp_tunnel"
-    judges_open_flows = "window"  # live mode: a fresh instance judges every open echo flow each round
+    kinds = (FindingKind.ICMP_TUNNEL,)
+    live = LiveMode.OPEN_WINDOW  # a fresh instance judges every open echo flow each window period
 
     @staticmethod
     def open_window(cols: dict[str, np.ndarray]) -> np.ndarray:
         """Which open flows a round shows it (columns proto of FlowTable.live_columns): ICMP and ICMPv6."""
         return np.isin(cols["proto"], (1, 58))
 
-    def __init__(self, params: Params = Params()):
+    def __init__(self, ctx: DetectorContext | None = None, params: Params = Params()):
         self.params = params
         self._reported: OrderedDict[tuple[int, int], int] = OrderedDict()
-        self._capture: str | None = None
+        self._capture = ""
 
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
-        if capture != self._capture:
-            self._reported.clear()
-            self._capture = capture
-        recs = batch.records
+    def start(self, capture: str) -> None:
+        self._capture = capture
+        self._reported.clear()
+
+    def finish(self) -> BatchResult:
+        return BatchResult()
+
+    def inspect(self, view: FlowView) -> BatchResult:
+        recs = view.records
         result = BatchResult()
         if not len(recs):
             return result
-        v4 = (recs["proto"] == 1) & (np.isin(recs["orig_port"], (0, 8)) & np.isin(recs["resp_port"], (0, 8)))
-        v6 = (recs["proto"] == 58) & np.isin(recs["orig_port"], (128, 129)) & np.isin(recs["resp_port"], (128, 129))
         payload = (recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0
-        for row in _candidates(batch, np.flatnonzero((v4 | v6) & payload)).tolist():
-            facts = echo_facts(batch, row)
+        for row in _candidates(view, np.flatnonzero(view.tagged(AppTag.ECHO) & payload)).tolist():
+            facts = echo_facts(view, row)
             severity, reasons = self._verdict(facts)
             if severity is None:
                 continue
             rec = recs[row]
             req_side = "orig" if int(rec["orig_port"]) == ECHO_REQUEST[int(rec["proto"])] else "resp"
             rep_side = "resp" if req_side == "orig" else "orig"
-            pair = (_addr(rec, req_side), _addr(rec, rep_side))
+            pair = (endpoint(rec, req_side), endpoint(rec, rep_side))
             if self._reported.get(pair, 0) >= int(severity):
                 continue
             self._reported[pair] = int(severity)
             self._reported.move_to_end(pair)
             while len(self._reported) > MAX_PAIRS:
                 self._reported.popitem(last=False)
-            result.findings.append(_finding(rec, facts, severity, reasons, pair, capture))
+            result.findings.append(_finding(rec, facts, severity, reasons, pair, self._capture))
         return result
 
     def _verdict(self, f: EchoFacts) -> tuple[Severity | None, list[str]]:
@@ -144,18 +147,18 @@ class IcmpTunnelDetector:
         return None, []
 
 
-def _candidates(batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
+def _candidates(view: FlowView, rows: np.ndarray) -> np.ndarray:
     """The echo rows worth reading in Python. A flow with one payload packet can only show a ptunnel header or an
     inner IP packet, both visible in its first bytes: those are tested here for whole batches at once, so a flood of
     one-packet pings (spoofed, scans) costs numpy work, not a Python call per flow."""
-    recs = batch.records[rows]
+    recs = view.records[rows]
     single = (recs["orig_payload_pkts"].astype(np.int64) + recs["resp_payload_pkts"]) <= 1
     if not single.any():
         return rows
     one = rows[single]
-    prefix = batch.table.payload_prefix(batch.records["slot"][one], PTUNNEL_HEADER)
-    first = np.where((batch.records["orig_payload_pkts"][one] > 0)[:, None], prefix[:, 0], prefix[:, 1])
-    size = np.maximum(batch.records["orig_payload_max"][one], batch.records["resp_payload_max"][one])
+    prefix = view.prefix(PTUNNEL_HEADER)[one]
+    first = np.where((view.records["orig_payload_pkts"][one] > 0)[:, None], prefix[:, 0], prefix[:, 1])
+    size = np.maximum(view.records["orig_payload_max"][one], view.records["resp_payload_max"][one])
     words = first.astype(np.uint32)
     version, ihl = words[:, 0] >> 4, (words[:, 0] & 0xF) * 4
     length = words[:, 2] << 8 | words[:, 3]  # IPv4 total length; for IPv6, bytes 4-5 hold the payload length
@@ -167,13 +170,13 @@ def _candidates(batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([rows[~single], one[ip_like | ptunnel_like]]))
 
 
-def echo_facts(batch: FlowBatch, row: int) -> EchoFacts:
-    """Counters and payload tests of one echo flow (a row of `batch` that carries ICMP/ICMPv6 echo)."""
-    rec = batch.records[row]
+def echo_facts(view: FlowView, row: int) -> EchoFacts:
+    """Counters and payload tests of one echo flow (a row of `view` that carries ICMP/ICMPv6 echo)."""
+    rec = view.records[row]
     req = "orig" if int(rec["orig_port"]) == ECHO_REQUEST[int(rec["proto"])] else "resp"
     rep = "resp" if req == "orig" else "orig"
     req_dir, rep_dir = (0, 1) if req == "orig" else (1, 0)
-    requests, replies = batch.kept_payload(row, req_dir), batch.kept_payload(row, rep_dir)
+    requests, replies = view.kept_payload(row, req_dir), view.kept_payload(row, rep_dir)
     n_req, n_rep = int(rec[req + "_payload_pkts"]), int(rec[rep + "_payload_pkts"])
     gap = 0.0
     # only when every request was answered: an unanswered one (lost, or still in flight when live mode looks at an
@@ -181,8 +184,7 @@ def echo_facts(batch: FlowBatch, row: int) -> EchoFacts:
     if min(n_req, n_rep) >= Params.min_pkts_for_gap and n_req == n_rep:
         gap = abs(float(rec[req + "_payload_mean"]) - float(rec[rep + "_payload_mean"]))
     pieces = requests + replies
-    slot = int(rec["slot"])
-    wire = [int(n) for d in (req_dir, rep_dir) for n in batch.table.kept_lengths(slot, d)]
+    wire = [int(n) for d in (req_dir, rep_dir) for n in view.kept_lengths(row, d)]
     inner = next((d for d in (_inner_ip(p, n) for p, n in zip(pieces, wire)) if d), "")
     mismatched = sum(1 for r in replies if not any(_same(r, q) for q in requests)) if requests else 0
     unpatterned = sum(1 for q in requests if len(q) > TIMESTAMP_BYTES + 8 and not _patterned(q[TIMESTAMP_BYTES:]))
@@ -259,10 +261,6 @@ def _checksum(header: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return 0xFFFF - total
-
-
-def _addr(rec: np.void, side: str) -> int:
-    return (int(rec[side + "_hi"]) << 64) | int(rec[side + "_lo"])
 
 
 def _finding(rec: np.void, f: EchoFacts, severity: Severity, reasons: list[str], pair: tuple[int, int],

@@ -23,25 +23,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult
-from egressguard.detect.dns_binding import DNS_PORTS, DnsBinding
-from egressguard.flows import FlowBatch
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
+from egressguard.flows.view import SOURCE_SNI, FlowView
+from egressguard.netaddr import format_address
 from egressguard.payload.dns import parse_tcp_stream, parse_udp_payloads
-from egressguard.policy.pools import DEFAULT_POOLS, PoolList, load_pools, question_end, tail_matches
 from egressguard.payload.stratum import (Family, StratumSession, Sv2Handshake, http_messages, json_messages,
                                          parse_json_session, parse_session, sv2_handshake)
-from egressguard.payload.tls import find_sni, parse_client_hello
+from egressguard.payload.signatures import HTTP_METHODS, starts_with
+from egressguard.payload.tls import parse_client_hello
 from egressguard.payload.websocket import websocket_streams
-from egressguard.report.records import format_address
-from egressguard.schema import FLOW_DTYPE, Finding, FindingKind, FlowFlag, Severity
+from egressguard.policy.pools import PoolDomain, question_end, tail_matches
+from egressguard.schema import FLOW_DTYPE, AppTag, Finding, FindingKind, FlowFlag, Severity
 
 ORIG, RESP = 0, 1
 _IPV4_MAPPED = 0xFFFF << 32
 _PREFIX = 16  # first kept bytes looked at by the array prefilters
-SNI_WIDTH = 2048  # a ClientHello with a post-quantum key share is ~1.8 KB; the flow table keeps 2 KiB by default
 DNS_WIDTH = 12 + 2 + 256  # DNS header, TCP length prefix, the longest question name
 CHUNK = 2048  # rows per numpy pass over kept bytes (keeps the temporary arrays at a few MB)
-_HTTP_REQUEST = (b"POST", b"GET ", b"PUT ", b"HEAD")
 _HTTP_ALPN = ("h2", "http/1.1", "http/1.0", "h3")
 _FAMILY_TEXT = {
     Family.STRATUM_V1: "Stratum v1", Family.ETHEREUM_STRATUM: "EthereumStratum", Family.ETHEREUM_PROXY:
@@ -106,10 +104,7 @@ class _Signals:
 
     @property
     def score(self) -> float:
-        miss = 1.0
-        for _, w, _ in self.parts:
-            miss *= 1.0 - min(max(w, 0.0), 1.0)
-        return round(1.0 - miss, 3)
+        return noisy_or(w for _, w, _ in self.parts)
 
 
 @dataclass
@@ -158,17 +153,6 @@ def _pair_hash(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.nd
         for part in (a_lo, b_hi, b_lo):
             h = (h ^ np.asarray(part, np.uint64)) * k
         return h ^ (h >> np.uint64(31))
-
-
-def _first_bytes(prefix: np.ndarray) -> np.ndarray:
-    """The first byte after leading whitespace of each kept stream: uint8 [rows, 2] (0 when none)."""
-    ws = (prefix == 32) | (prefix == 10) | (prefix == 13) | (prefix == 9)
-    idx = np.argmax(~ws, axis=2)
-    return np.take_along_axis(prefix, idx[:, :, None], axis=2)[:, :, 0]
-
-
-def _starts(prefix: np.ndarray, d: int, text: bytes) -> np.ndarray:
-    return (prefix[:, d, :len(text)] == np.frombuffer(text, np.uint8)).all(axis=1)
 
 
 # ------------------------------------------------------------------------------------------------ behaviour
@@ -236,15 +220,14 @@ class MiningDetector:
     """
 
     name = "mining"
-    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
-    uses_dns_binding = True  # default_detectors() hands it the shared DnsBinding
+    kinds = (FindingKind.MINING,)
+    live = LiveMode.OPEN_FLOWS  # a pool connection is reported while it lasts
 
-    def __init__(self, binding: DnsBinding | None = None, pools: PoolList | None = None, params: Params = Params()):
-        self.binding = binding
-        if pools is None:
-            pools = load_pools(DEFAULT_POOLS) if DEFAULT_POOLS.exists() else PoolList()  # no file: M3 and M6 are off
-        self.pools = pools
+    def __init__(self, ctx: DetectorContext, params: Params = Params()):
+        self.binding = ctx.binding
+        self.pools = ctx.pools  # an empty list turns M3 and M6 off
         self.params = params
+        self._capture = ""
         self._proven: OrderedDict[tuple[int, int, int, int], _Proven] = OrderedDict()
         self._proven_pools = np.zeros(0, np.uint64)  # low 64 bits of the proven pools' addresses (array prefilter)
         self._proven_pairs = np.zeros(0, np.uint64)  # 64-bit hashes of the proven (sandbox, pool) pairs
@@ -253,14 +236,23 @@ class MiningDetector:
         self._hold_ring: np.ndarray | None = None  # records of unexplained flows (allocated at the first batch)
         self._hold_tls = np.zeros(0, bool)
         self._hold_pos = 0
-        self._hold_capture: str | None = None
         self._watch_lo = np.zeros(0, np.uint64)
         self._watch_dirty = False
+        self._pool_of_name: dict[str, PoolDomain | None] = {}  # server names already matched against the list
+
+    def start(self, capture: str) -> None:
+        """Flows held for a late DNS answer belong to one capture; proven pairs are remembered across captures."""
+        self._capture = capture
+        if self._hold_ring is not None:
+            self._hold_ring["first_seen_ns"] = 0
+
+    def finish(self) -> BatchResult:
+        return BatchResult()
 
     # ---- batch
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+    def inspect(self, view: FlowView) -> BatchResult:
         result = BatchResult()
-        recs = batch.records
+        recs = view.records
         if not len(recs):
             return result
         new_pools = None
@@ -268,57 +260,51 @@ class MiningDetector:
             if self._hold_ring is None:
                 self._hold_ring = np.zeros(self.params.hold_flows, FLOW_DTYPE)
                 self._hold_tls = np.zeros(self.params.hold_flows, bool)
-            new_pools = self._watch_dns(batch)
+            new_pools = self._watch_dns(view)
         tcp = (recs["proto"] == 6) & (recs["slot"] >= 0)
-        prefix = batch.payload_prefix(_PREFIX)
-        first = _first_bytes(prefix)
-        upper = prefix[:, :, :4] & 0xDF
-        ssh = ((upper[:, :, 0] == ord("S")) & (upper[:, :, 1] == ord("S")) & (upper[:, :, 2] == ord("H"))
-               & (prefix[:, :, 3] == ord("-"))).any(axis=1)
-        http_req = np.zeros(len(recs), bool)
-        for method in _HTTP_REQUEST:
-            http_req |= _starts(prefix, ORIG, method)
-        http = http_req | _starts(prefix, RESP, b"HTTP/1.")
-        tls = (prefix[:, ORIG, 0] == 0x16) & (prefix[:, ORIG, 1] == 0x03)
-        json_like = ((first == ord("{")) | (first == ord("["))).any(axis=1)
-        mqtt = (prefix[:, ORIG, 0] == 0x10) & ((prefix[:, ORIG, 4:6] == np.frombuffer(b"MQ", np.uint8)).all(axis=1)
-                                               | (prefix[:, ORIG, 5:7] == np.frombuffer(b"MQ", np.uint8)).all(axis=1))
+        prefix = view.prefix(_PREFIX)
+        ssh = view.tagged(AppTag.SSH)
+        http = view.tagged(AppTag.HTTP_REQUEST | AppTag.HTTP_RESPONSE)
+        tls = view.tagged(AppTag.TLS)
+        json_like = view.tagged(AppTag.JSON)
+        mqtt = view.tagged(AppTag.MQTT)
+        dns = view.tagged(AppTag.DNS | AppTag.MDNS)
         signals: dict[int, _Signals] = {}
 
         # M1: mining JSON-RPC (newline-delimited, in HTTP bodies, inside WebSocket frames)
         readable = np.zeros(len(recs), bool)  # JSON that parsed, mining or not: its content was judged
         for row in np.flatnonzero(tcp & json_like & ~http & ~ssh).tolist():
-            readable[row] = self._json(batch, row, signals)
-        post = _starts(prefix, ORIG, b"POST ")
-        upgrade = _starts(prefix, ORIG, b"GET ") & _starts(prefix, RESP, b"HTTP/1.1 101")
+            readable[row] = self._json(view, row, signals)
+        post = starts_with(prefix, ORIG, b"POST ")
+        upgrade = view.tagged(AppTag.WEBSOCKET)
         for row in np.flatnonzero(tcp & (post | upgrade)).tolist():
-            self._http(batch, row, signals, post=bool(post[row]))
+            self._http(view, row, signals, post=bool(post[row]))
         # M3: pool name in the TLS server name (found and matched in numpy; Python for the hits only)
-        named = np.zeros(len(recs), bool)  # TLS flows that name their server (the name explains the address)
+        names = view.server_names
+        named = tcp & tls & (names.source == SOURCE_SNI)  # TLS flows that name their server (explains the address)
         if self.pools.domains:
-            hits, named_rows = self._sni_rows(batch, np.flatnonzero(tcp & tls & (prefix[:, ORIG, 5] == 1)))
-            named[named_rows] = True
-            for row in hits.tolist():
-                self._sni(batch, row, signals)
+            for row in np.flatnonzero(named).tolist():
+                if self._pool(names.name[row]) is not None:
+                    self._sni(view, row, signals)
         # M3: pool name bound to the destination by the sandbox's DNS answers
         if self._watch:
             for row in self._watched_rows(recs, tcp & ~ssh).tolist():
-                self._dns_name(batch, row, signals)
+                self._dns_name(view, row, signals)
         # M2: Stratum V2 handshake sizes
         sv2 = np.flatnonzero(tcp & ~ssh & ~tls & ~readable & ~http & (recs["orig_payload_min"] <= 64)
                              & (recs["orig_payload_max"] >= 64) & (recs["resp_payload_min"] <= 234)
                              & (recs["resp_payload_max"] >= 234) & (recs["seq_count"] >= 2))
-        first2 = _first_sizes(batch, sv2)
+        first2 = view.first_sizes(sv2, 2)
         for row in sv2[(first2[:, 0] == 64) & (first2[:, 1] == -234)].tolist():
-            self._sv2(batch, row, signals)
+            self._sv2(view, row, signals)
         # M4/M5: behaviour of long flows whose content cannot be read
         p = self.params
         duration = (recs["last_seen_ns"] - recs["first_seen_ns"]) / 1e9
-        opaque = tcp & ~ssh & ~http & ~mqtt & ~np.isin(recs["resp_port"], DNS_PORTS)
+        opaque = tcp & ~ssh & ~http & ~mqtt & ~dns
         long_lived = opaque & (duration >= p.behaviour_min_duration_s) & (recs["orig_payload_pkts"] >= 3) & \
             ((recs["resp_payload_pkts"] >= p.push_min_bursts) | (recs["orig_payload_pkts"] >= p.push_min_bursts))
         for row in np.flatnonzero(long_lived & ~readable).tolist():  # readable JSON was judged by its content
-            self._behaviour(batch, row, signals)
+            self._behaviour(view, row, signals)
         # M6 for flows with other evidence, then findings; proofs feed the pair memory first
         for row, sig in signals.items():
             port = self.pools.port(int(recs[row]["resp_port"]))
@@ -327,43 +313,42 @@ class MiningDetector:
                                         f"({self.pools.cite(port.sources)}{'; ' + port.note if port.note else ''})",
                         Severity.LOW)
             if sig.proof:
-                self._remember(recs[row], sig, capture)
+                self._remember(recs[row], sig)
         # M7: later flows between proven pairs
         if self._proven:
             # like nDPI, only flows that nothing else explains: not SSH, HTTP, MQTT, DNS or readable JSON
-            eligible = (recs["proto"] == 6) & ~ssh & ~http & ~mqtt & ~readable & \
-                ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0) & \
-                ~np.isin(recs["resp_port"], DNS_PORTS)
+            eligible = (recs["proto"] == 6) & ~ssh & ~http & ~mqtt & ~readable & ~dns & \
+                ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0)
             for row in self._paired_rows(recs, eligible).tolist():
                 sig = signals.get(row)
                 if sig is not None and (sig.proof or sig.severity >= Severity.HIGH):
                     continue
-                self._inherit(batch, row, signals)
+                self._inherit(view, row, signals)
         for row, sig in signals.items():
             if sig.parts:
                 client = _roles(recs[row], sig)[0]
-                self._report(recs[row], sig, capture, result, row, bool(tls[row]) if client == "orig" else
-                             batch.kept_stream(row, RESP)[:2] == b"\x16\x03")
+                self._report(recs[row], sig, result, row, bool(tls[row]) if client == "orig" else
+                             view.kept_stream(row, RESP)[:2] == b"\x16\x03")
         if self._hold_ring is not None:
             if new_pools is not None and len(new_pools):
-                self._release_held(new_pools, capture, result)  # flows of earlier batches named by this one's DNS
-            self._hold(batch, signals, tcp & ~ssh & ~http & ~mqtt & ~readable & ~np.isin(recs["resp_port"], DNS_PORTS)
-                       & ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0) & ~named, tls, capture)
+                self._release_held(new_pools, result)  # flows of earlier batches named by this one's DNS
+            self._hold(view, signals, tcp & ~ssh & ~http & ~mqtt & ~readable & ~dns
+                       & ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0) & ~named, tls)
         return result
 
     # ---- M1
-    def _json(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> bool:
+    def _json(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> bool:
         """M1 on a flow whose kept bytes start like JSON; True when they are JSON (mining or not)."""
-        orig, resp = batch.kept_stream(row, ORIG), batch.kept_stream(row, RESP)
+        orig, resp = view.kept_stream(row, ORIG), view.kept_stream(row, RESP)
         session = parse_session(orig, resp)
         if session is not None:
-            self._methods(batch, row, session, signals)
+            self._methods(view, row, session, signals)
             return True
         return bool(json_messages(orig, limit=1).messages or json_messages(resp, limit=1).messages)
 
-    def _http(self, batch: FlowBatch, row: int, signals: dict[int, _Signals], post: bool) -> None:
+    def _http(self, view: FlowView, row: int, signals: dict[int, _Signals], post: bool) -> None:
         """HTTP POST (getwork and friends, mining headers, a pool's Host) or JSON inside WebSocket frames."""
-        orig, resp = batch.kept_stream(row, ORIG), batch.kept_stream(row, RESP)
+        orig, resp = view.kept_stream(row, ORIG), view.kept_stream(row, RESP)
         if not post:
             inner = websocket_streams(orig, resp)
             if inner is not None and any(side.lstrip()[:1] in (b"{", b"[") for side in inner):
@@ -372,11 +357,11 @@ class MiningDetector:
                 except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
                     session = None
                 if session is not None:
-                    self._methods(batch, row, session, signals, "websocket")
+                    self._methods(view, row, session, signals, "websocket")
             return
         session = parse_session(orig, resp)
         if session is not None:
-            self._methods(batch, row, session, signals)
+            self._methods(view, row, session, signals)
             return
         for msg in http_messages(orig, limit=2):
             host = msg.headers.get("host", "").split(":")[0].lower()
@@ -390,7 +375,7 @@ class MiningDetector:
                         f"API, not mining by itself", Severity.LOW)
                 return
 
-    def _methods(self, batch: FlowBatch, row: int, s: StratumSession, signals: dict[int, _Signals],
+    def _methods(self, view: FlowView, row: int, s: StratumSession, signals: dict[int, _Signals],
                  carrier: str | None = None) -> None:
         p = self.params
         sig = signals.setdefault(row, _Signals())
@@ -425,30 +410,20 @@ class MiningDetector:
             sig.pool, sig.pool_source = s.pool_host, ("http_host" if s.family == Family.GETWORK_HTTP else "subscribe")
 
     # ---- M3
-    def _sni_rows(self, batch: FlowBatch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows whose ClientHello names a listed pool domain or needs the Python parser, rows that name any
-        server). Most hellos show their server name in the first 640 bytes; the rest get a second, wider pass."""
-        out, named = [], []
-        todo = rows
-        for width in (640, SNI_WIDTH):
-            later = []
-            for lo in range(0, len(todo), CHUNK):
-                part = todo[lo:lo + CHUNK]
-                data, fill = _kept_bytes(batch, part, ORIG, width)
-                offset, length, status = find_sni(data, fill)
-                out.append(part[tail_matches(data, offset, offset + length, self.pools.text_codes) | (status == 2)])
-                named.append(part[offset >= 0])
-                record_end = 5 + ((data[:, 3].astype(np.int64) << 8) | data[:, 4])
-                later.append(part[(offset < 0) & (status == 1) & (fill >= data.shape[1])
-                                  & (record_end > data.shape[1])])
-            todo = np.concatenate(later) if later else np.zeros(0, np.int64)
-            if not len(todo):
-                break
-        empty = np.zeros(0, np.int64)
-        return (np.unique(np.concatenate(out)) if out else empty), (np.concatenate(named) if named else empty)
+    def _pool(self, name: str | None) -> PoolDomain | None:
+        """The pool list entry a server name falls under (cached: a batch names the same servers again and again)."""
+        if name is None:
+            return None
+        hit = self._pool_of_name.get(name, False)
+        if hit is False:
+            hit = self.pools.match(name)
+            if len(self._pool_of_name) >= 65536:
+                self._pool_of_name.clear()
+            self._pool_of_name[name] = hit
+        return hit
 
-    def _sni(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
-        hello = parse_client_hello(batch.kept_stream(row, ORIG))
+    def _sni(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
+        hello = parse_client_hello(view.kept_stream(row, ORIG))
         hit = self.pools.match(hello.sni) if hello is not None else None
         if hit is None:
             return
@@ -469,17 +444,17 @@ class MiningDetector:
                     f"{'/'.join(hello.alpn) or 'none'}): stratum+ssl, the content is encrypted",
                     Severity.HIGH, proof=True)
 
-    def _watch_dns(self, batch: FlowBatch) -> np.ndarray:
+    def _watch_dns(self, view: FlowView) -> np.ndarray:
         """Remember the addresses that DNS answers in this batch gave for pool names: the questions are matched in
         numpy, only the hits are parsed. The DnsObserver, which ran before this detector, has bound them; this list
         only lets the array prefilter find the flows to those addresses."""
-        recs = batch.records
-        dns = np.flatnonzero(np.isin(recs["resp_port"], DNS_PORTS) & np.isin(recs["proto"], (6, 17))
-                             & (recs["slot"] >= 0) & (recs["resp_payload_pkts"] > 0))
+        recs = view.records
+        dns = np.flatnonzero(view.tagged(AppTag.DNS | AppTag.MDNS) & (recs["slot"] >= 0)
+                             & (recs["resp_payload_pkts"] > 0))
         added: list[int] = []
         for lo in range(0, len(dns), CHUNK):
             part = dns[lo:lo + CHUNK]
-            data, fill = _kept_bytes(batch, part, RESP, DNS_WIDTH)
+            data, fill = view.kept(part, RESP, DNS_WIDTH)
             hit = np.zeros(len(part), bool)
             for start, proto in ((12, 17), (14, 6)):  # the question name of the first response (TCP: after the length)
                 mine = recs["proto"][part] == proto
@@ -489,16 +464,16 @@ class MiningDetector:
                     hit |= mine & tail_matches(data, np.where(end >= 0, start, -1), end, self.pools.wire_codes,
                                                dotted=False)
             for row in part[hit].tolist():
-                added += self._watch_answers(batch, row)
+                added += self._watch_answers(view, row)
         while len(self._watch) > self.params.dns_watch:
             self._watch.popitem(last=False)
         return np.unique(np.array(added, np.uint64))
 
-    def _watch_answers(self, batch: FlowBatch, row: int) -> list[int]:
+    def _watch_answers(self, view: FlowView, row: int) -> list[int]:
         added = []
-        udp = int(batch.records[row]["proto"]) == 17
-        messages = parse_udp_payloads(batch.kept_payload(row, RESP)) if udp else \
-            parse_tcp_stream(batch.kept_stream(row, RESP))
+        udp = int(view.records[row]["proto"]) == 17
+        messages = parse_udp_payloads(view.kept_payload(row, RESP)) if udp else \
+            parse_tcp_stream(view.kept_stream(row, RESP))
         for message in messages:
             for rr in message.answers:
                 if rr.rtype in (1, 28) and rr.value:
@@ -517,8 +492,8 @@ class MiningDetector:
         hit = mask & (_member(recs["resp_lo"], self._watch_lo) | _member(recs["orig_lo"], self._watch_lo))
         return np.flatnonzero(hit)
 
-    def _dns_name(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
-        rec = batch.records[row]
+    def _dns_name(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
+        rec = view.records[row]
         client, server = _roles(rec, signals.get(row))
         v = int(rec["ip_version"])
         if (int(rec[server + "_hi"]), int(rec[server + "_lo"])) not in self._watch:
@@ -530,13 +505,13 @@ class MiningDetector:
         if not names:
             return
         # the flow may name its server itself: a different name means a shared address (CDN, hosting), not the pool
-        orig = batch.kept_stream(row, ORIG if client == "orig" else RESP)
+        orig = view.kept_stream(row, ORIG if client == "orig" else RESP)
         named, web = None, False
         if orig[:1] == b"\x16":
             hello = parse_client_hello(orig)
             if hello is not None:
                 named, web = hello.sni, any(a.lower() in _HTTP_ALPN for a in hello.alpn)
-        elif any(orig.startswith(m) for m in _HTTP_REQUEST):
+        elif orig[:4] in HTTP_METHODS:
             web = True
             msgs = http_messages(orig, limit=1)
             named = msgs[0].headers.get("host", "").split(":")[0].lower() or None if msgs else None
@@ -565,14 +540,10 @@ class MiningDetector:
                     proof=True)
 
     # ---- flows reported before the DNS answer that explains them was read
-    def _hold(self, batch: FlowBatch, signals: dict[int, _Signals], candidates: np.ndarray, tls: np.ndarray,
-              capture: str) -> None:
+    def _hold(self, view: FlowView, signals: dict[int, _Signals], candidates: np.ndarray, tls: np.ndarray) -> None:
         """Keep the records of flows that nothing explained (opaque TCP, TLS naming no server) in a fixed ring, so
         that a DNS answer read in a later batch can still name their pool (a UDP DNS flow ends only after the idle
         timeout, often after the TCP connection that used its answer)."""
-        if capture != self._hold_capture:
-            self._hold_ring["first_seen_ns"] = 0
-            self._hold_capture = capture
         if signals:
             candidates = candidates.copy()
             candidates[[r for r, sig in signals.items() if sig.parts]] = False
@@ -580,13 +551,13 @@ class MiningDetector:
         if not len(rows):
             return
         at = (self._hold_pos + np.arange(len(rows))) % len(self._hold_ring)
-        self._hold_ring[at] = batch.records[rows]
+        self._hold_ring[at] = view.records[rows]
         self._hold_tls[at] = tls[rows]
         self._hold_pos = int((self._hold_pos + len(rows)) % len(self._hold_ring))
 
-    def _release_held(self, pools: np.ndarray, capture: str, result: BatchResult) -> None:
+    def _release_held(self, pools: np.ndarray, result: BatchResult) -> None:
         ring = self._hold_ring
-        if ring is None or capture != self._hold_capture:
+        if ring is None:
             return
         live = ring["first_seen_ns"] > 0
         for i in np.flatnonzero(live & (_member(ring["resp_lo"], pools) | _member(ring["orig_lo"], pools))).tolist():
@@ -608,16 +579,16 @@ class MiningDetector:
             if port is not None:
                 sig.add("M6", self.params.w_port, f"port {port.port} is a well-known mining pool port "
                                                   f"({self.pools.cite(port.sources)})", Severity.LOW)
-            self._remember(rec, sig, capture)
-            self._report(rec, sig, capture, result, None, bool(self._hold_tls[i]))
+            self._remember(rec, sig)
+            self._report(rec, sig, result, None, bool(self._hold_tls[i]))
 
     # ---- M2
-    def _sv2(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
-        sizes, _ = batch.early_sequence(row)
-        hs = sv2_handshake(sizes, batch.kept_stream(row, ORIG))
+    def _sv2(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
+        sizes, _ = view.early_sequence(row)
+        hs = sv2_handshake(sizes, view.kept_stream(row, ORIG))
         if hs is None:
             return
-        rec = batch.records[row]
+        rec = view.records[row]
         port = int(rec["resp_port"])
         sig = signals.setdefault(row, _Signals())
         sig.sv2 = hs
@@ -632,17 +603,17 @@ class MiningDetector:
             sig.add("M2", self.params.w_sv2, text, Severity.HIGH, proof=True)
 
     # ---- M4 / M5
-    def _behaviour(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
+    def _behaviour(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
         p = self.params
-        rec = batch.records[row]
+        rec = view.records[row]
         score, parts = cesnet_score(rec)
         client, _ = _roles(rec, signals.get(row))
         pool_dir = RESP if client == "orig" else ORIG
         miner = "orig_" if client == "orig" else "resp_"
         client_mean = float(rec[miner + "payload_mean"])
-        sizes, dt_us = batch.early_sequence(row)
+        sizes, dt_us = view.early_sequence(row)
         bursts, median, cv = push_rhythm(sizes, dt_us, pool_dir, p.burst_gap_s)
-        conv = batch.conversation(row)
+        conv = view.conversation(row)
         duration = (int(rec["last_seen_ns"]) - int(rec["first_seen_ns"])) / 1e9
         life_pushes = (conv.bursts_led[pool_dir] + conv.pingpongs[pool_dir]) if conv is not None else 0
         m5 = (bursts >= p.push_min_bursts and p.push_iat_s[0] <= median <= p.push_iat_s[1] and cv <= p.push_max_cv
@@ -663,7 +634,7 @@ class MiningDetector:
                 Severity.MEDIUM)
 
     # ---- M7
-    def _remember(self, rec: np.void, sig: _Signals, capture: str) -> None:
+    def _remember(self, rec: np.void, sig: _Signals) -> None:
         client, server = _roles(rec, sig)
         key = (int(rec[client + "_hi"]), int(rec[client + "_lo"]), int(rec[server + "_hi"]), int(rec[server + "_lo"]))
         ts = float(rec["first_seen_ns"]) / 1e9
@@ -675,7 +646,7 @@ class MiningDetector:
                                                            "sni" else None)
         if prior is None:
             prior = _Proven(ts, end, sig.severity, sig.score, protocol, sig.pool,
-                            int(rec[server + "_port"]), capture)
+                            int(rec[server + "_port"]), self._capture)
         else:
             prior.first, prior.last = min(prior.first, ts), max(prior.last, end)
             if sig.score > prior.score:
@@ -708,9 +679,9 @@ class MiningDetector:
         rev = _pair_hash(r["resp_hi"], r["resp_lo"], r["orig_hi"], r["orig_lo"])
         return rows[_member(fwd, self._proven_pairs) | _member(rev, self._proven_pairs)]
 
-    def _inherit(self, batch: FlowBatch, row: int, signals: dict[int, _Signals]) -> None:
-        rec = batch.records[row]
-        first = batch.kept_stream(row, ORIG)
+    def _inherit(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
+        rec = view.records[row]
+        first = view.kept_stream(row, ORIG)
         if first[:2] == b"\x16\x03":
             hello = parse_client_hello(first)
             if hello is not None and hello.sni and self.pools.match(hello.sni) is None:
@@ -737,9 +708,9 @@ class MiningDetector:
                 min(prior.severity, Severity.HIGH))
 
     # ---- output
-    def _report(self, rec: np.void, sig: _Signals, capture: str, result: BatchResult, row: int | None = None,
+    def _report(self, rec: np.void, sig: _Signals, result: BatchResult, row: int | None = None,
                 tls: bool = False) -> None:
-        """One finding; `row` (this batch's) for flow annotations, None for a flow of an earlier batch."""
+        """One finding; `row` (this batch's) for flow annotations, None for a flow of an earlier view."""
         s = sig.session
         client, server = _roles(rec, sig)
         v = int(rec["ip_version"])
@@ -784,39 +755,8 @@ class MiningDetector:
         ordered = sorted(sig.parts, key=lambda part: -part[1])
         result.findings.append(Finding(
             kind=FindingKind.MINING, severity=sig.severity, score=sig.score,
-            evidence=tuple(text for _, _, text in ordered), flow=rec.copy(), capture=capture,
+            evidence=tuple(text for _, _, text in ordered), flow=rec.copy(), capture=self._capture,
             details={"mining": mining}))
-
-
-def _kept_bytes(batch: FlowBatch, rows: np.ndarray, direction: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [len(rows), width] kept bytes of one direction, bytes kept per row capped at width); bytes past the
-    fill are not meaningful. FlowBatch has no one-direction array accessor yet, so the table's arrays are read
-    directly (as detect/egress.py does), falling back to the public per-batch API."""
-    slots = batch.records["slot"][rows]
-    t = getattr(batch.table, "t", None)
-    if t is not None and hasattr(t, "keep_data") and hasattr(t, "keep_fill"):
-        width = min(width, t.keep_data.shape[2])
-        return t.keep_data[slots, direction, :width], np.minimum(t.keep_fill[slots, direction].astype(np.int64),
-                                                                  width)
-    data = batch.table.payload_prefix(slots, width)[:, direction, :]
-    return data, np.array([min(len(batch.kept_stream(int(r), direction)), width) for r in rows], np.int64)
-
-
-def _first_sizes(batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
-    """int64 [len(rows), 2]: the first two entries of each row's early payload sequence (0 where absent)."""
-    out = np.zeros((len(rows), 2), np.int64)
-    if not len(rows):
-        return out
-    recs = batch.records
-    t = getattr(batch.table, "t", None)
-    if t is not None and hasattr(t, "seq_size"):
-        out[:] = t.seq_size[recs["slot"][rows], :2]
-    else:
-        for i, row in enumerate(rows.tolist()):
-            sizes, _ = batch.early_sequence(row)
-            out[i, :len(sizes[:2])] = sizes[:2]
-    out[recs["seq_count"][rows] < 2] = 0
-    return out
 
 
 def _roles(rec: np.void, sig: _Signals | None) -> tuple[str, str]:

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult
-from egressguard.flows import FlowBatch
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
 from egressguard.flows.table import Conversation
+from egressguard.flows.view import FlowView
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
 from egressguard.payload.websocket import websocket_streams
-from egressguard.schema import EndReason, Finding, FindingKind, FlowFlag, Severity
+from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity
 
 ORIG, RESP = 0, 1
-WEBSOCKET_ACCEPT = b"HTTP/1.1 101"  # the start of a server's answer to a WebSocket upgrade (RFC 6455 4.2.2)
 
 
 class SshUse(enum.StrEnum):
@@ -204,10 +203,7 @@ def _held_open(sig: SshSignals, p: Params) -> str | None:
 
 def _combine(parts: list[tuple[float, str]]) -> float:
     """Noisy-OR of independent pieces of evidence."""
-    miss = 1.0
-    for score, _ in parts:
-        miss *= 1.0 - score
-    return round(1.0 - miss, 3)
+    return noisy_or(score for score, _ in parts)
 
 
 def _severity(use: SshUse, score: float, n_evidence: int) -> Severity:
@@ -237,26 +233,30 @@ class SshTunnelDetector:
     """
 
     name = "ssh_tunnel"
-    judges_open_flows = True  # live mode also runs it on snapshots of open flows (a fresh instance a round)
+    kinds = (FindingKind.REVERSE_SSH_TUNNEL, FindingKind.SSH_TUNNEL)
+    live = LiveMode.OPEN_FLOWS  # a tunnel is reported while it lasts
 
-    def __init__(self, params: Params = Params()):
+    def __init__(self, ctx: DetectorContext | None = None, params: Params = Params()):
         self.params = params
+        self._capture = ""
         self._remembered: OrderedDict[int, _Remembered] = OrderedDict()  # by the flow's direction-free key hash
 
-    def inspect(self, batch: FlowBatch, capture: str) -> BatchResult:
+    def start(self, capture: str) -> None:
+        self._capture = capture  # remembered connections stay: a capture rotated mid-connection goes on in the next
+
+    def finish(self) -> BatchResult:
+        return BatchResult()
+
+    def inspect(self, view: FlowView) -> BatchResult:
         result = BatchResult()
-        recs = batch.records
+        recs = view.records
         if not len(recs):
             return result
-        prefix = batch.payload_prefix(len(WEBSOCKET_ACCEPT))
-        upper = prefix[:, :, :4] & 0xDF  # ASCII upper case, for the case-insensitive "SSH-" (Zeek dpd.sig)
-        ssh = ((upper[:, :, 0] == ord("S")) & (upper[:, :, 1] == ord("S")) & (upper[:, :, 2] == ord("H"))
-               & (prefix[:, :, 3] == ord("-"))).any(axis=1)
-        ws = ((prefix[:, 0, :4] == np.frombuffer(b"GET ", np.uint8)).all(axis=1)
-              & (prefix[:, 1, :] == np.frombuffer(WEBSOCKET_ACCEPT, np.uint8)).all(axis=1))
+        ssh = view.tagged(AppTag.SSH)
+        ws = view.tagged(AppTag.WEBSOCKET)
         tcp = recs["proto"] == 6
-        for row in np.flatnonzero((ssh | ws) & tcp):
-            self._inspect_flow(batch, int(row), bool(ssh[row]), capture, result)
+        for row in np.flatnonzero((ssh | ws) & tcp).tolist():
+            self._inspect_flow(view, row, bool(ssh[row]), result)
         if self._remembered:
             flags = recs["flow_flags"]
             no_handshake = tcp & ~ssh & ~ws & (((flags & int(FlowFlag.SAW_SYN)) == 0)
@@ -267,11 +267,11 @@ class SshTunnelDetector:
                     continue
                 prior = self._remembered.pop(key)
                 if prior.endpoints == _endpoints(recs[row]):  # the hash matched; so must the connection
-                    self._inspect_continuation(batch, int(row), prior, capture, result)
+                    self._inspect_continuation(view, row, prior, result)
         return result
 
-    def _inspect_flow(self, batch: FlowBatch, row: int, plain: bool, capture: str, result: BatchResult) -> None:
-        orig, resp = batch.kept_stream(row, 0), batch.kept_stream(row, 1)
+    def _inspect_flow(self, view: FlowView, row: int, plain: bool, result: BatchResult) -> None:
+        orig, resp = view.kept_stream(row, 0), view.kept_stream(row, 1)
         carrier = None
         if not plain:
             inner = websocket_streams(orig, resp)
@@ -282,7 +282,7 @@ class SshTunnelDetector:
         hs = parse_handshake(orig, resp)
         if hs is None:
             return
-        rec = batch.records[row]
+        rec = view.records[row]
         if carrier is not None:
             # record sizes inside WebSocket frames do not follow the SSH model; the carrier is the evidence
             verdict = Verdict(SshUse.TUNNEL, 0.9, (f"SSH ({_banner(hs)}) carried inside WebSocket frames after an "
@@ -292,21 +292,20 @@ class SshTunnelDetector:
             # a handshake and a login at most: nothing to classify beyond what the handshake showed
             verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
         else:
-            conv = batch.conversation(row)
-            sizes, _ = batch.early_sequence(row)
+            conv = view.conversation(row)
+            sizes, _ = view.early_sequence(row)
             verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params) if conv else \
                 Verdict(SshUse.UNDETERMINED, 0.0, ())
         if int(rec["end_reason"]) in _CUT_SHORT:
             self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, _endpoints(rec)))
-        sizes, _ = batch.early_sequence(row)
+        sizes, _ = view.early_sequence(row)
         login = post_auth(hs, [int(x) for x in sizes]) if carrier is None else None
-        self._report(rec, row, hs, verdict, capture, result, login)
+        self._report(rec, row, hs, verdict, result, login)
 
-    def _inspect_continuation(self, batch: FlowBatch, row: int, prior: _Remembered, capture: str,
-                              result: BatchResult) -> None:
-        rec = batch.records[row]
+    def _inspect_continuation(self, view: FlowView, row: int, prior: _Remembered, result: BatchResult) -> None:
+        rec = view.records[row]
         hs = prior.handshake
-        conv = batch.conversation(row)
+        conv = view.conversation(row)
         verdict = classify(hs, measure(hs, conv, rec, []), self.params) if conv is not None else \
             Verdict(SshUse.UNDETERMINED, 0.0, ())
         note = (f"this flow continues an SSH connection between the same endpoints first seen at "
@@ -317,15 +316,15 @@ class SshTunnelDetector:
         verdict = Verdict(verdict.use, verdict.score, (note,) + verdict.evidence)
         if int(rec["end_reason"]) in _CUT_SHORT:
             self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen, prior.endpoints))
-        self._report(rec, row, hs, verdict, capture, result)
+        self._report(rec, row, hs, verdict, result)
 
     def _remember(self, rec: np.void, item: _Remembered) -> None:
         self._remembered[int(rec["key_hash"])] = item
         while len(self._remembered) > self.params.remembered_connections:
             self._remembered.popitem(last=False)
 
-    def _report(self, rec: np.void, row: int, hs: SshHandshake, verdict: Verdict, capture: str,
-                result: BatchResult, login: PostAuth | None = None) -> None:
+    def _report(self, rec: np.void, row: int, hs: SshHandshake, verdict: Verdict, result: BatchResult,
+                login: PostAuth | None = None) -> None:
         auth = None if login is None or login.auth_success is None else (
             "success" if login.auth_success else "failure")
         ssh_info = {
@@ -345,7 +344,7 @@ class SshTunnelDetector:
         kind = FindingKind.REVERSE_SSH_TUNNEL if verdict.use is SshUse.REVERSE_TUNNEL else FindingKind.SSH_TUNNEL
         result.findings.append(Finding(
             kind=kind, severity=_severity(verdict.use, score, len(verdict.evidence)), score=round(score, 3),
-            evidence=tuple(evidence), flow=rec.copy(), capture=capture,
+            evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
             details={"ssh": ssh_info, "ssh_use": str(verdict.use)}))
 
 

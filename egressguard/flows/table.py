@@ -294,6 +294,35 @@ class FlowTable:
             out[has] &= (np.arange(n)[None, None, :] < fill[:, :, None]).astype(np.uint8) * 255
         return out
 
+    def kept_rows(self, slots: np.ndarray, direction: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 [len(slots), w] kept bytes of one direction, bytes kept per slot capped at w), w = min(width,
+        keep_bytes); a negative slot reads as empty. Bytes past the fill are not meaningful."""
+        width = min(width, self.settings.keep_bytes)
+        slots = np.asarray(slots)
+        has = slots >= 0
+        if has.all():
+            return (self.t.keep_data[slots, direction, :width],
+                    np.minimum(self.t.keep_fill[slots, direction].astype(np.int64), width))
+        data = np.zeros((len(slots), width), np.uint8)
+        fill = np.zeros(len(slots), np.int64)
+        data[has] = self.t.keep_data[slots[has], direction, :width]
+        fill[has] = np.minimum(self.t.keep_fill[slots[has], direction].astype(np.int64), width)
+        return data, fill
+
+    def sequence_prefix(self, slots: np.ndarray, k: int) -> np.ndarray:
+        """int32 [len(slots), k]: the first k early-sequence sizes of each slot (zeros for a negative slot or past
+        the sequence length; the caller masks entries past each record's seq_count)."""
+        out = np.zeros((len(slots), k), np.int32)
+        k = min(k, self.t.seq_size.shape[1])
+        has = slots >= 0
+        out[has, :k] = self.t.seq_size[slots[has], :k]
+        return out
+
+    def kept_arrays(self):
+        """The arrays behind kept payload, for kernels that read many slots at once (payload/dns_table.py)."""
+        t = self.t
+        return t.keep_data, t.keep_cap, t.keep_len, t.keep_count, t.keep_fill, t.seq_size, t.seq_dt_us
+
     def kept_payload(self, slot: int, direction: int) -> list[bytes]:
         if slot < 0:
             return []

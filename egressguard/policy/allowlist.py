@@ -246,6 +246,18 @@ class Allowlist:
             return np.zeros(len(hi), bool)
         return self._t["inside"].lookup(hi, lo) >= 0
 
+    def outbound(self, recs: np.ndarray) -> np.ndarray:
+        """FLOW rows the policy judges: opened by a sandbox (not by the host itself) towards somewhere outside the
+        sandbox networks, or towards the host, and not to a class the rules ignore (loopback, multicast, ...)."""
+        inside = self.inside(recs["orig_hi"], recs["orig_lo"])
+        if not inside.any():
+            return inside
+        if len(self.settings.host_addresses):  # the host itself is no sandbox
+            inside &= self.classify(recs["orig_hi"], recs["orig_lo"]) != HOST
+        classes = self.classify(recs["resp_hi"], recs["resp_lo"])
+        leaves = ~self.dest_inside(recs["resp_hi"], recs["resp_lo"]) | (classes == HOST)
+        return inside & leaves & (self.treatments[classes] != 2)
+
     def scopes(self, recs: np.ndarray, iface_names: dict[int, str] | None = None) -> np.ndarray:
         """bool [n_scopes, n]: which `sources` sets each flow's originator belongs to (row 0: any)."""
         out = np.ones((1 + len(self._t["scopes"]), len(recs)), bool)

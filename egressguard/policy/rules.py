@@ -35,7 +35,6 @@ _ENTRY_KEYSET = frozenset(ENTRY_KEYS)
 SOURCE_KEYS = ("cidrs", "macs", "interfaces")
 PORT_PROTOCOLS = (6, 17, 132)  # protocols whose flows have ports
 CLASS_NAMES = tuple(c.name for c in ADDRESS_CLASSES) + (HOST_CLASS.name, GLOBAL_CLASS.name, DOH_CLASS)
-SEVERITIES = {s.label(): s for s in Severity}
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$")
 
 
@@ -185,10 +184,7 @@ def _class_overrides(ctx: Context, doc: dict) -> tuple[tuple[str, Treatment, Sev
             ctx.unknown_keys(path, value, ("treatment", "severity"))
             severity_raw = value.get("severity")
             if severity_raw is not None:
-                if severity_raw not in SEVERITIES:
-                    ctx.fail(path + ("severity",), severity_raw, "not a severity",
-                             f"write one of {', '.join(json.dumps(s) for s in SEVERITIES)}")
-                severity = SEVERITIES[severity_raw]
+                severity = _severity(ctx, path + ("severity",), severity_raw)
             value = value.get("treatment", None)
             if value is None:
                 ctx.fail(path, raw[key], "a class table needs a treatment", f"write {{ treatment = \"deny\" }} ({choices})")
@@ -196,6 +192,14 @@ def _class_overrides(ctx: Context, doc: dict) -> tuple[tuple[str, Treatment, Sev
             ctx.fail(path, value, "not a treatment", f"write one of {choices}")
         out.append((key, Treatment(value), severity))
     return tuple(out)
+
+
+def _severity(ctx: Context, path: tuple, raw: object) -> Severity:
+    """A severity label of the rules file; anything else fails with the labels it could be."""
+    try:
+        return Severity.parse(raw)
+    except ValueError:
+        ctx.fail(path, raw, "not a severity", f"write one of {', '.join(json.dumps(s) for s in Severity.labels())}")
 
 
 def _entry(ctx: Context, action: str, i: int, raw: object) -> Entry:
@@ -257,10 +261,7 @@ def _entry(ctx: Context, action: str, i: int, raw: object) -> Entry:
         if action != "deny":
             ctx.fail(path + ("severity",), raw["severity"], "only deny entries have a severity",
                      "remove it (a flow that an allow entry matches raises no finding)")
-        if raw["severity"] not in SEVERITIES:
-            ctx.fail(path + ("severity",), raw["severity"], "not a severity",
-                     f"write one of {', '.join(json.dumps(s) for s in SEVERITIES)}")
-        severity = SEVERITIES[raw["severity"]]
+        severity = _severity(ctx, path + ("severity",), raw["severity"])
     cidr_text = tuple(t for _, t in cidrs[:20])
     if len(cidrs) > 20:
         cidr_text += (f"... {len(cidrs) - 20:,} more",)

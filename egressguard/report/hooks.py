@@ -17,7 +17,6 @@ from typing import Callable
 from egressguard.report.jsonl import dumps
 from egressguard.schema import Severity
 
-SEVERITIES = {s.label(): s for s in Severity}
 HOOK_TIMEOUT_S = 30.0
 QUEUE_LIMIT = 256  # findings waiting for the hook; more are reported as dropped rather than piling up
 
@@ -70,7 +69,7 @@ class FindingHook:
 
     def offer(self, record: dict) -> None:
         """Queue a finding record for the hook if it is severe enough."""
-        if SEVERITIES.get(record.get("severity"), Severity.LOW) < self.min_severity:
+        if _severity(record) < self.min_severity:
             return
         try:
             self._queue.put_nowait(record)
@@ -127,3 +126,11 @@ def cut_port(port: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"ip link set dev {port} down failed: {proc.stderr.strip() or proc.returncode}")
     return f"{port} set down"
+
+
+def _severity(record: dict) -> Severity:
+    """The severity of a finding record (low when it has none that parses)."""
+    try:
+        return Severity.parse(record.get("severity"))
+    except ValueError:
+        return Severity.LOW

@@ -5,8 +5,10 @@ import json
 import re
 from typing import Any, TextIO
 
-from egressguard.pipeline import CaptureDone, Event, FlowsReady
+import numpy as np
+
 from egressguard.report.records import finding_record, flow_record, summary_record
+from egressguard.schema import CaptureSummary, Finding
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -46,21 +48,21 @@ class JsonlReport:
         self.findings_total = 0
         self._counts: dict[str, int] = {}
 
-    def handle(self, event: Event) -> None:
+    def batch(self, capture: str, recs: np.ndarray, annotations: dict[int, dict], findings: list[Finding]) -> None:
+        """A batch of flow records (FLOW array) with their annotations, and findings."""
         write = self.out.write
-        if isinstance(event, FlowsReady):
-            if self.with_flows:
-                recs = event.batch.records
-                notes = event.result.annotations
-                for i in range(len(recs)):
-                    write(dumps(flow_record(recs[i], event.capture, notes.get(i))) + "\n")
-            for finding in event.result.findings:
-                write(dumps(finding_record(finding)) + "\n")
-                self._counts[str(finding.kind)] = self._counts.get(str(finding.kind), 0) + 1
-                self.findings_total += 1
-        elif isinstance(event, CaptureDone):
-            write(dumps(summary_record(event.summary, self._counts)) + "\n")
-            self._counts = {}
+        if self.with_flows:
+            for i in range(len(recs)):
+                write(dumps(flow_record(recs[i], capture, annotations.get(i))) + "\n")
+        for finding in findings:
+            write(dumps(finding_record(finding)) + "\n")
+            self._counts[str(finding.kind)] = self._counts.get(str(finding.kind), 0) + 1
+            self.findings_total += 1
+
+    def summary(self, summary: CaptureSummary) -> None:
+        """A capture ended: its summary record, with the findings counted per kind."""
+        self.out.write(dumps(summary_record(summary, self._counts)) + "\n")
+        self._counts = {}
 
     def close(self) -> None:
         self.out.flush()

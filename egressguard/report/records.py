@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
-import socket
 import struct
 from typing import Any
 
 import numpy as np
 
+from egressguard.netaddr import format_address, format_mac  # noqa: F401  (re-exported for report users)
 from egressguard.schema import CaptureSummary, EndReason, Finding, FlowFlag, proto_name
 
 _IPV4_MAPPED = 0xFFFF << 32
@@ -25,13 +24,6 @@ def address_bytes(hi: int, lo: int, ip_version: int) -> bytes:
     if ip_version == 4:
         return struct.pack("!I", lo & 0xFFFFFFFF)
     return struct.pack("!QQ", hi, lo)
-
-
-def format_address(hi: int, lo: int, ip_version: int) -> str:
-    """Text form of an address stored as (hi, lo)."""
-    if ip_version == 4:
-        return socket.inet_ntoa(struct.pack("!I", lo & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Address((hi << 64) | lo))
 
 
 def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, seed: int = 0) -> str:
@@ -63,13 +55,6 @@ def flow_fields(rec: np.void) -> dict[str, Any]:
         "first_seen": _seconds(int(rec["first_seen_ns"])),
         "last_seen": _seconds(int(rec["last_seen_ns"])),
     }
-
-
-def format_mac(value: int) -> str | None:
-    """aa:bb:cc:dd:ee:ff from a MAC in the low 48 bits; None for 0 (the link has none)."""
-    if not value:
-        return None
-    return ":".join(f"{b:02x}" for b in int(value).to_bytes(6, "big"))
 
 
 def flow_community_id(rec: np.void) -> str:

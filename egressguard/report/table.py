@@ -9,9 +9,9 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from egressguard.pipeline import CaptureDone, Event, FlowsReady
 from egressguard.report.records import finding_record, flow_record, summary_record
 from egressguard.report.text import safe_markup
+from egressguard.schema import CaptureSummary, Finding
 
 TOP_FLOWS = 10
 MAX_PATH_TEXT = 1000  # characters of a capture name shown (PATH_MAX is 4096)
@@ -154,41 +154,42 @@ class TableReport:
         self._findings: list[dict[str, Any]] = []
         self.findings_total = 0
 
-    def handle(self, event: Event) -> None:
-        if isinstance(event, FlowsReady):
-            for finding in event.result.findings:
-                self._findings.append(finding_record(finding))
-                self.findings_total += 1
-            recs = event.batch.records
-            if not len(recs):
-                return
-            total = recs["orig_bytes"] + recs["resp_bytes"]
-            k = min(self.top, len(recs))
-            for i in np.argpartition(-total.astype(np.int64), k - 1)[:k]:
-                size = int(total[i])
-                if len(self._heap) < self.top or size > self._heap[0][0]:
-                    self._seq += 1
-                    item = (size, self._seq, flow_record(recs[i], event.capture))
-                    if len(self._heap) < self.top:
-                        heapq.heappush(self._heap, item)
-                    else:
-                        heapq.heapreplace(self._heap, item)
-        elif isinstance(event, CaptureDone):
-            flows = [item[2] for item in sorted(self._heap, reverse=True)]
-            self._heap = []
-            counts: dict[str, int] = {}
-            for f in self._findings:
-                counts[f["kind"]] = counts.get(f["kind"], 0) + 1
-            parts = []
-            if self._findings:
-                parts.append(render_findings(self._findings))
-            else:
-                parts.append("[green]No findings.[/green]")
-            self._findings = []
-            parts.append(render_summary(summary_record(event.summary, counts)))
-            if flows:
-                parts.append(render_top_flows(flows))
-            self.console.print(Group(*parts))
+    def batch(self, capture: str, recs: np.ndarray, annotations: dict[int, dict], findings: list[Finding]) -> None:
+        """A batch of flow records (FLOW array) with their annotations, and findings."""
+        for finding in findings:
+            self._findings.append(finding_record(finding))
+            self.findings_total += 1
+        if not len(recs):
+            return
+        total = recs["orig_bytes"] + recs["resp_bytes"]
+        k = min(self.top, len(recs))
+        for i in np.argpartition(-total.astype(np.int64), k - 1)[:k]:
+            size = int(total[i])
+            if len(self._heap) < self.top or size > self._heap[0][0]:
+                self._seq += 1
+                item = (size, self._seq, flow_record(recs[i], capture))
+                if len(self._heap) < self.top:
+                    heapq.heappush(self._heap, item)
+                else:
+                    heapq.heapreplace(self._heap, item)
+
+    def summary(self, summary: CaptureSummary) -> None:
+        """A capture ended: print its findings, its summary and its largest flows."""
+        flows = [item[2] for item in sorted(self._heap, reverse=True)]
+        self._heap = []
+        counts: dict[str, int] = {}
+        for f in self._findings:
+            counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+        parts = []
+        if self._findings:
+            parts.append(render_findings(self._findings))
+        else:
+            parts.append("[green]No findings.[/green]")
+        self._findings = []
+        parts.append(render_summary(summary_record(summary, counts)))
+        if flows:
+            parts.append(render_top_flows(flows))
+        self.console.print(Group(*parts))
 
     def close(self) -> None:
         pass
