@@ -127,9 +127,14 @@ class FlowView:
     # ---- computed once per batch, for every detector
     @cached_property
     def app(self) -> np.ndarray:
-        """AppTag bits of every row (uint32)."""
+        """AppTag bits of every row (uint32), from the first kept bytes and the ports (one numba pass)."""
         recs = self.records
-        return app_tags(self.prefix(SIGNATURE_BYTES), recs["proto"], recs["orig_port"], recs["resp_port"])
+        if self._table is None:
+            data, fills, slots = np.zeros((1, 2, 1), np.uint8), np.zeros((1, 2), np.uint32), np.full(len(recs), -1)
+        else:
+            data, _, _, _, fills, _, _ = self._table.kept_arrays()
+            slots = recs["slot"]
+        return app_tags(data, fills, slots, recs["proto"], recs["orig_port"], recs["resp_port"])
 
     def tagged(self, tags: AppTag) -> np.ndarray:
         """Rows carrying any of `tags` (bool mask)."""
