@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from egressguard.capture.files import DEFAULT_CHUNK_BYTES, Chunk
+from egressguard.capture.files import BUFFER_RING, DEFAULT_CHUNK_BYTES, Chunk
 from egressguard.decode import Decoder
 from egressguard.detect import DETECTORS, BatchResult, Detector, DetectorContext, LiveMode, window_rows
 from egressguard.detect.dns_binding import DnsBinding, observe_dns
@@ -97,17 +97,24 @@ class Engine:
     def start(self, capture: str) -> None:
         """A capture begins: decode counters start from zero, and every detector is told."""
         self.capture = capture
-        self.decoder = Decoder()
+        self.decoder = Decoder(ring=BUFFER_RING)
         self.now_ns = 0
         self._base = (self.table.created, self.table.evictions, self.table.slot_denied)
         for det in self.detectors:
             det.start(capture)
 
-    def feed(self, chunk: Chunk) -> Iterator[FlowsReady]:
-        """Decode a chunk of frames and aggregate it; yields the flows that ended, judged."""
+    def decode(self, chunk: Chunk) -> np.ndarray:
+        """The PACKET rows of a chunk. A reading thread may call this ahead of `feed` (decode and aggregation then
+        run on two cores): the rows stay valid for BUFFER_RING - 1 further calls, as the chunk's buffer does."""
+        return self.decoder.decode_batch(chunk.buf, chunk.frames)
+
+    def feed(self, chunk: Chunk, packets: np.ndarray | None = None) -> Iterator[FlowsReady]:
+        """Aggregate a chunk of frames (decoded here unless `packets`, from `decode`, are given); yields the flows
+        that ended, judged."""
         if not len(chunk.frames):
             return
-        packets = self.decoder.decode_batch(chunk.buf, chunk.frames)
+        if packets is None:
+            packets = self.decode(chunk)
         for batch in self.table.update(packets, chunk.buf):
             yield self._judge(batch)
         if len(packets):

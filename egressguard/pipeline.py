@@ -68,10 +68,14 @@ class Analyzer:
         fs = self.settings.flows
         sweep_every = int(min(fs.tcp_idle_s, fs.other_idle_s, fs.closed_idle_s) * 1e9 / 2)
         last_sweep = -(1 << 62)
+        def decoded() -> Iterator[tuple]:  # runs in the reading thread: decoding overlaps the aggregation
+            for chunk in capture.chunks():
+                yield chunk, engine.decode(chunk)
+
         with capture:
             try:
-                for chunk in prefetched(capture.chunks()):
-                    yield from engine.feed(chunk)
+                for chunk, packets in prefetched(decoded()):
+                    yield from engine.feed(chunk, packets)
                     now = engine.now_ns
                     if now and (now - last_sweep >= sweep_every or now < last_sweep):
                         last_sweep = now

@@ -8,20 +8,28 @@ from egressguard.schema import FRAME_DTYPE, PACKET_DTYPE
 
 
 class Decoder:
-    """Decodes chunks of frames, keeping the state that spans chunks (fragment ports) and running counters."""
+    """Decodes chunks of frames, keeping the state that spans chunks (fragment ports) and running counters.
 
-    def __init__(self) -> None:
+    Args:
+        ring: PACKET buffers used in rotation, so that a reading thread can decode the next chunk while the last
+            one's rows are still being aggregated (a result stays valid for `ring - 1` further calls).
+    """
+
+    def __init__(self, ring: int = 1) -> None:
         self.frag_cache = np.zeros((kernels.FRAG_CACHE_SIZE, kernels.FRAG_CACHE_COLS), np.uint64)
         self.counters = np.zeros(kernels.N_COUNTERS, np.int64)
-        self._packets = np.zeros(0, PACKET_DTYPE)
+        self._ring = [np.zeros(0, PACKET_DTYPE) for _ in range(max(ring, 1))]
+        self._next = 0
 
     def decode_batch(self, buf: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """PACKET rows for `frames` (FRAME array) whose offsets index `buf`; the result is reused by the next call."""
+        """PACKET rows for `frames` (FRAME array) whose offsets index `buf`; the result is reused by a later call."""
         if frames.dtype != FRAME_DTYPE:
             raise TypeError(f"frames must have FRAME_DTYPE, got {frames.dtype}")
-        if len(self._packets) < len(frames):
-            self._packets = np.zeros(max(len(frames), 1024), PACKET_DTYPE)
-        packets = self._packets[:len(frames)]
+        at = self._next
+        self._next = (at + 1) % len(self._ring)
+        if len(self._ring[at]) < len(frames):
+            self._ring[at] = np.zeros(max(len(frames), 1024), PACKET_DTYPE)
+        packets = self._ring[at][:len(frames)]
         kernels.decode_frames(buf, frames, packets, self.frag_cache, self.counters)
         return packets
 

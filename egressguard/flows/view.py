@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from egressguard.flows.table import Conversation, FlowBatch, FlowTable
-from egressguard.payload.http import request_host
+from egressguard.payload.http import request_hosts
 from egressguard.payload.signatures import SIGNATURE_BYTES, app_tags
 from egressguard.payload.tls import find_sni, parse_client_hello, sni_text
 from egressguard.schema import FLOW_DTYPE, AppTag
@@ -151,11 +151,9 @@ class FlowView:
         for lo in range(0, len(hello), CHUNK):
             self._find_sni(hello[lo:lo + CHUNK], names, source)
         http = np.flatnonzero(self.tagged(AppTag.HTTP_REQUEST) & has_slot)
-        if len(http):
-            data, fill = self.kept(http, ORIG, HTTP_HEAD)
-            fill = fill.tolist()
-            for i, row in enumerate(http.tolist()):
-                host = request_host(data[i, :fill[i]].tobytes())
+        for lo in range(0, len(http), CHUNK):
+            rows = http[lo:lo + CHUNK]
+            for row, host in zip(rows.tolist(), request_hosts(*self.kept(rows, ORIG, HTTP_HEAD))):
                 if host:
                     names[row], source[row] = host, SOURCE_HOST
         return ServerNames(names, source)

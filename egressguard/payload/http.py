@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from numba import njit
 
 MAX_HOST = 255
 METHODS = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
@@ -46,3 +47,107 @@ def _strip_port(raw: bytes) -> str | None:
         host = raw.rsplit(b":", 1)[0] if raw.count(b":") == 1 else raw
     text = host[:MAX_HOST].decode("ascii", "backslashreplace").rstrip(".").lower()
     return text or None
+
+
+# ---- the same for many requests at once: one numba pass finds where each request names its host; Python then
+# turns only the distinct host texts into strings (request_host above is the kernel's plain twin)
+_SPACES = (32, 9, 10, 13, 11, 12)  # bytes.strip(): ASCII whitespace
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lower(b):
+    return b | 0x20 if 65 <= b <= 90 else b
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _space(b):
+    return b == 32 or b == 9 or b == 10 or b == 13 or b == 11 or b == 12
+
+
+@njit(cache=True, nogil=True)
+def _host_span(d, n):
+    """(start, end) of the host text one request names in d[:n] (request_host's rules), (-1, -1) when none."""
+    line_end = -1
+    for i in range(n):
+        if d[i] == 10:
+            line_end = i
+            break
+    if line_end < 0:
+        return -1, -1
+    e = line_end
+    while e > 0 and d[e - 1] == 13:
+        e -= 1
+    version = (32, 72, 84, 84, 80, 47, 49, 46)  # " HTTP/1."
+    if e < 9 or (d[e - 1] != 49 and d[e - 1] != 48):
+        return -1, -1
+    for k in range(8):
+        if d[e - 9 + k] != version[k]:
+            return -1, -1
+    connect = (67, 79, 78, 78, 69, 67, 84, 32)  # "CONNECT "
+    is_connect = n >= 8
+    for k in range(8):
+        if is_connect and d[k] != connect[k]:
+            is_connect = False
+    if is_connect:
+        end = line_end
+        for i in range(8, line_end):
+            if d[i] == 32:
+                end = i
+                break
+        return 8, end
+    head = n
+    for i in range(n - 3):
+        if d[i] == 13 and d[i + 1] == 10 and d[i + 2] == 13 and d[i + 3] == 10:
+            head = i
+            break
+    host = (104, 111, 115, 116)  # "host"
+    for exact in (True, False):  # "\nhost:" first, then blanks before the colon (the regular expression)
+        for i in range(head):
+            if d[i] != 10 or i + 5 > head:
+                continue
+            ok = True
+            for k in range(4):
+                if _lower(d[i + 1 + k]) != host[k]:
+                    ok = False
+            if not ok:
+                continue
+            j = i + 5
+            if not exact:
+                while j < head and (d[j] == 32 or d[j] == 9):
+                    j += 1
+            if j >= head or d[j] != 58:
+                continue
+            j += 1
+            end = j
+            while end < head and d[end] != 10 and (exact or d[end] != 13):
+                end += 1
+            while j < end and _space(d[j]):
+                j += 1
+            while end > j and _space(d[end - 1]):
+                end -= 1
+            return j, end
+    return -1, -1
+
+
+@njit(cache=True, nogil=True)
+def _host_spans(data, fill, start, end):
+    for r in range(data.shape[0]):
+        start[r], end[r] = _host_span(data[r], min(fill[r], data.shape[1]))
+
+
+def request_hosts(data: np.ndarray, fill: np.ndarray) -> list[str | None]:
+    """request_host for many requests: `data` uint8 [n, width] holds each client's first bytes, `fill` how many
+    were kept. One numba pass locates the host texts; each distinct one is turned into a string once."""
+    n = len(data)
+    start, end = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    if n:
+        _host_spans(np.ascontiguousarray(data), np.asarray(fill, np.int64), start, end)
+    seen: dict[bytes, str | None] = {}
+    out: list[str | None] = [None] * n
+    for i in np.flatnonzero(start >= 0).tolist():
+        raw = data[i, start[i]:end[i]].tobytes().lower()
+        host = seen.get(raw, False)
+        if host is False:
+            host = seen[raw] = _strip_port(raw)
+        out[i] = host
+    return out
