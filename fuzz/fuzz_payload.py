@@ -16,12 +16,14 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this working tree's egressguard, not an installed one
 # numba kernel modules must stay as written: instrumented bytecode cannot be compiled by numba
 KERNEL_MODULES = ["egressguard.capture.records", "egressguard.decode.kernels", "egressguard.flows.kernels",
-                  "egressguard.flows.conversation"]
+                  "egressguard.flows.conversation", "egressguard.payload.dns_table", "egressguard.payload.suffixes",
+                  "egressguard.payload.name_features", "egressguard.payload.signatures", "egressguard.payload.http"]
 
 with atheris.instrument_imports(include=["egressguard"], exclude=KERNEL_MODULES):
     import numpy as np
 
-    from egressguard.payload import dns, http, ssh, stratum, tls, websocket
+    from egressguard.payload import http, ssh, stratum, tls, websocket
+    from egressguard.payload.dns_table import decode_dns
 
 INSPECTORS = ("ssh", "tls", "dns", "dns_tcp", "http", "websocket", "stratum", "sv2")
 
@@ -33,6 +35,17 @@ def split(data: bytes) -> tuple[str, bytes, bytes]:
     which = INSPECTORS[data[0] % len(INSPECTORS)]
     n = int.from_bytes(data[1:3], "big")
     return which, data[3:3 + n], data[3 + n:]
+
+
+def _kept(orig: bytes, resp: bytes, keep: int = 2048):
+    """One flow table slot holding `orig` and `resp` as one packet each (payload/dns_table.KeptArrays order)."""
+    data = np.zeros((1, 2, keep), np.uint8)
+    cap, length = np.zeros((1, 2, 4), np.uint16), np.zeros((1, 2, 4), np.uint32)
+    count, fill = np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.uint32)
+    for d, raw in enumerate((orig[:keep], resp[:keep])):
+        data[0, d, :len(raw)] = np.frombuffer(raw, np.uint8)
+        cap[0, d, 0], length[0, d, 0], count[0, d], fill[0, d] = len(raw), len(raw), 1, len(raw)
+    return data, cap, length, count, fill, np.array([[len(orig), -len(resp)]], np.int32), np.zeros((1, 2), np.uint32)
 
 
 def check(data: bytes) -> None:
@@ -52,10 +65,9 @@ def check(data: bytes) -> None:
         row[0, :len(kept)] = np.frombuffer(kept, np.uint8)
         offset, length, _ = tls.find_sni(row, np.array([len(kept)]))
         assert offset[0] < 0 or offset[0] + length[0] <= len(kept)
-    elif which == "dns":
-        dns.parse_udp_payloads([orig, resp])
-    elif which == "dns_tcp":
-        dns.parse_tcp_stream(orig + resp)
+    elif which in ("dns", "dns_tcp"):
+        decode_dns(_kept(orig, resp), np.array([0]), np.array([17 if which == "dns" else 6]), np.zeros(1, np.int64),
+                   np.array([2]))
     elif which == "http":
         host = http.request_host(orig)
         assert host is None or len(host) <= 4 * http.MAX_HOST

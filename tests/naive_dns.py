@@ -365,3 +365,72 @@ def summarize_message(data: bytes) -> DnsSummary | None:
         elif rtype == OPT and index >= an + ns:
             edns = rclass
     return DnsSummary(bool(flags & 0x8000), flags & 0xF, qname, qtype, tuple(types), rdata_bytes, edns, len(data))
+
+
+# ------------------------------------------------------------------------------------------------ dpkt
+# The reader the DNS binding used before the message table (dpkt does the dissection): the oracle for answers.
+import ipaddress  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import dpkt  # noqa: E402
+
+from egressguard.payload.dns import DnsMessage, DnsRecord  # noqa: E402
+
+MAX_NAME = 255
+
+
+def _name(raw) -> str:
+    text = raw if isinstance(raw, str) else bytes(raw).decode("ascii", "backslashreplace")
+    return text[:MAX_NAME].rstrip(".").lower()
+
+
+def parse_message(data: bytes) -> DnsMessage | None:
+    """One DNS message (RFC 1035 4.1), or None when `data` is not one."""
+    if len(data) < 12:
+        return None
+    try:
+        msg = dpkt.dns.DNS(data)
+    except (dpkt.UnpackError, struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None
+    answers = []
+    for rr in list(msg.an):
+        value = ""
+        try:
+            if rr.type == 1 and len(rr.rdata) == 4:
+                value = str(ipaddress.IPv4Address(rr.rdata))
+            elif rr.type == 28 and len(rr.rdata) == 16:
+                value = str(ipaddress.IPv6Address(rr.rdata))
+            elif rr.type in (2, 5, 12):
+                value = _name(getattr(rr, "cname", "") or getattr(rr, "nsname", "") or getattr(rr, "ptrname", ""))
+            elif rr.type == 15:
+                value = _name(getattr(rr, "mxname", ""))
+            elif rr.type == 16:
+                value = " ".join(t.decode("utf-8", "backslashreplace") if isinstance(t, bytes) else str(t)
+                                 for t in getattr(rr, "text", []))[:1024]
+        except (AttributeError, ValueError, TypeError):
+            value = ""
+        answers.append(DnsRecord(_name(rr.name), int(rr.type), int(rr.ttl), value))
+    questions = tuple((_name(q.name), int(q.type)) for q in list(msg.qd))
+    return DnsMessage(int(msg.id), bool(msg.qr), int(msg.rcode), questions, tuple(answers))
+
+
+def parse_udp_payloads(pieces: list[bytes]) -> list[DnsMessage]:
+    """Each kept UDP payload is one DNS message."""
+    return [m for m in (parse_message(p) for p in pieces) if m is not None]
+
+
+def tcp_messages(stream: bytes) -> Iterator[bytes]:
+    """DNS over TCP: the messages of a stream, each behind a two-byte length prefix (RFC 1035 4.2.2), as far as the
+    kept bytes go."""
+    pos = 0
+    while pos + 2 <= len(stream):
+        (n,) = struct.unpack_from("!H", stream, pos)
+        if n == 0 or pos + 2 + n > len(stream):
+            return
+        yield stream[pos + 2:pos + 2 + n]
+        pos += 2 + n
+
+
+def parse_tcp_stream(stream: bytes) -> list[DnsMessage]:
+    """The DNS messages of a kept TCP stream."""
+    return [m for m in (parse_message(piece) for piece in tcp_messages(stream)) if m is not None]

@@ -8,17 +8,19 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import LAB_CAPTURES, PUBLIC_CAPTURES, public_capture
 from egressguard.detect import BY_NAME
-from egressguard.detect.dns_names import name_features, split_name
 from egressguard.detect.dns_tunnel import DnsTunnelDetector, Params
-from egressguard.payload.dns import name_text, summarize_message, summarize_tcp_stream
+from egressguard.payload.dns import name_text
+from egressguard.payload.dns_table import decode_dns, domain_text, name_labels
 from egressguard.pipeline import Analyzer, FlowsReady
-from egressguard.schema import FindingKind, Severity
+from egressguard.schema import DNS_CHARSETS, FindingKind, Severity
 
 sys.path.insert(0, str(Path(__file__).parent))
+import naive_dns  # noqa: E402
 from egressbuilders import Capture, dns_message  # noqa: E402
 from framebuilders import udp  # noqa: E402
 from tunnelbuilders import (BASE32, BASE64URL, HEX, dns_answer, dns_exchange, dns_query,  # noqa: E402
@@ -343,13 +345,21 @@ def test_state_is_bounded_and_drops_are_counted(tmp_path):
     ("dnscat.0a1b2c3d4e5f", "dnscat", (b"0a1b2c3d4e5f",)),
 ])
 def test_split_name(name, domain, sub):
-    split = split_name(tuple(p.encode() for p in name.split(".")))
-    assert (split.domain, split.sub) == (domain, sub)
+    table = _question_table(name)
+    assert domain_text(table, 0) == domain
+    assert table.messages[0]["sub_length"] == len(b"".join(sub))
 
 
 @pytest.mark.parametrize("name", ["4.3.2.1.in-addr.arpa", "b.a.ip6.arpa", "printer.local", "wpad", "_x._tcp.local"])
 def test_names_never_judged(name):
-    assert split_name(tuple(p.encode() for p in name.split("."))) is None
+    assert domain_text(_question_table(name), 0) is None
+
+
+def _question_table(name: str):
+    """The message table of one A query for `name`."""
+    query = dns_query(tuple(p.encode() for p in name.split(".")), "A")
+    arrays, seq = naive_dns.kept_arrays([naive_dns.Flow(17, [(0, query, None, 5)])])
+    return decode_dns(arrays, np.array([0]), np.array([17]), np.zeros(1, np.int64), seq)
 
 
 @pytest.mark.parametrize("sub, charset, encoded", [
@@ -365,20 +375,26 @@ def test_names_never_judged(name):
     ("incoming.telemetry", "text", False),
 ])
 def test_name_features(sub, charset, encoded):
-    features = name_features(tuple(p.encode() for p in sub.split(".")))
-    assert (features.charset, features.encoded) == (charset, encoded)
+    """The kernel's verdict on the labels below a registered domain (payload/name_features.py)."""
+    name = sub + ".example.com"
+    m = _question_table(name).messages[0]
+    assert (DNS_CHARSETS[m["charset"]], bool(m["encoded"])) == (charset, encoded)
 
 
-def test_summary_reads_names_dpkt_refuses_and_the_edns_size():
+def test_table_reads_names_dpkt_refuses_and_the_edns_size():
     query = dns_query((b"\xe4\xff\x00raw", b"pirate", b"sea"), "NULL", edns=4096)
-    summary = summarize_message(query)
-    assert summary.qname == (b"\xe4\xff\x00raw", b"pirate", b"sea") and summary.qtype == 10
-    assert summary.edns_size == 4096 and not summary.is_response
-    answer = summarize_message(dns_answer(query, b"\x00" * 300))
-    assert answer.is_response and answer.answer_types == (10,) and answer.answer_bytes == 300
-    assert name_text(summary.qname) == "\\xe4\\xff\\x00raw.pirate.sea"
+    answer = dns_answer(query, b"\x00" * 300)
     tcp = struct.pack("!H", len(query)) + query
-    assert len(summarize_tcp_stream(tcp * 3)) == 3
+    arrays, seq = naive_dns.kept_arrays([naive_dns.Flow(17, [(0, query, None, 5), (1, answer, None, 9)]),
+                                         naive_dns.Flow(6, [(0, tcp * 3, None, 5)])])
+    table = decode_dns(arrays, np.array([0, 1]), np.array([17, 6]), np.zeros(2, np.int64), seq)
+    q, a = table.messages[0], table.messages[1]
+    assert name_labels(table, int(q["qname"])) == (b"\xe4\xff\x00raw", b"pirate", b"sea") and q["qtype"] == 10
+    assert q["edns_size"] == 4096 and not q["is_response"]
+    assert a["is_response"] and a["answers_read"] == 1 and a["answer_rdata_bytes"] == 300
+    assert table.answers[a["answer_first"]]["rtype"] == 10
+    assert name_text(name_labels(table, int(q["qname"]))) == "\\xe4\\xff\\x00raw.pirate.sea"
+    assert (table.messages["row"] == 1).sum() == 3
 
 
 def test_summary_never_raises_on_damaged_messages():
@@ -389,10 +405,10 @@ def test_summary_never_raises_on_damaged_messages():
         for _ in range(rng.randint(0, 4)):
             if data:
                 data[rng.randrange(len(data))] = rng.randrange(256)
-        summary = summarize_message(bytes(data))
+        summary = naive_dns.summarize_message(bytes(data))
         assert summary is None or summary.size == len(data)
     loop = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c" + b"\0\1\0\1"  # a pointer to itself
-    assert summarize_message(loop) is None
+    assert naive_dns.summarize_message(loop) is None
 
 
 def test_a_flow_that_mixes_domains_attributes_only_what_it_read(tmp_path):

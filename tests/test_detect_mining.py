@@ -15,9 +15,12 @@ from egressguard.detect.mining import MiningDetector, Params
 from egressguard.engine import Engine
 from egressguard.errors import ExitStatus, RulesError
 from egressguard.pipeline import Analyzer, FlowsReady, Settings, default_context
-from egressguard.policy.pools import _codes, load_pools, question_end, tail_matches
+from egressguard.payload.dns_table import decode_dns
+from egressguard.payload.suffixes import SuffixSet
+from egressguard.policy.pools import load_pools
 from egressguard.report.jsonl import dumps
 from egressguard.report.records import finding_record, flow_fields
+import naive_dns
 from egressbuilders import client_hello
 from framebuilders import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, ethernet, ipv4, pcap_file, tcp, udp
 
@@ -168,27 +171,17 @@ def test_invalid_pool_files_are_rules_errors(tmp_path, text, problem):
         load_pools(tmp_path / "missing.toml")
 
 
-def test_array_matchers_agree_with_plain_python():
+def test_pool_suffixes_match_dns_names_as_the_list_does():
+    """The message-table matcher the detector uses for DNS answers agrees with PoolList.match on names."""
     pools = load_pools()
-    names = ["pool.supportxmr.com", "SUPPORTXMR.COM", "xsupportxmr.com", "supportxmr.com.", "a.b.c", "2miners.com",
-             "xmr.2miners.com", "herominers.com.evil", ""]
-    width = 64
-    data = np.zeros((len(names), width), np.uint8)
-    for i, n in enumerate(names):
-        data[i, 3:3 + len(n)] = np.frombuffer(n.encode(), np.uint8)
-    start = np.full(len(names), 3)
-    end = start + np.array([len(n.rstrip(".")) for n in names])
-    got = tail_matches(data, start, end, pools.text_codes)
-    assert got.tolist() == [pools.match(n) is not None for n in names]
-    wire = np.zeros((len(names), width), np.uint8)
-    for i, n in enumerate(names):
-        enc = b"".join(bytes([len(p)]) + p.encode() for p in n.split(".") if p) + b"\0"
-        wire[i, 12:12 + len(enc)] = np.frombuffer(enc, np.uint8)
-    qend = question_end(wire, 12)
-    assert (qend > 12).sum() == sum(1 for n in names if n)
-    hits = tail_matches(wire, np.where(qend >= 0, 12, -1), qend, pools.wire_codes, dotted=False)
-    assert hits.tolist() == [pools.match(n) is not None for n in names]
-    assert _codes([b"ab", b"cd", b"xyz"])[2].shape == (2, 2)
+    names = ["pool.supportxmr.com", "SUPPORTXMR.COM", "xsupportxmr.com", "a.b.c", "2miners.com", "xmr.2miners.com",
+             "herominers.com.evil", "x.y.nanopool.org"]
+    flows = [naive_dns.Flow(17, [(1, struct.pack("!HHHHHH", 7, 0x8180, 1, 0, 0, 0) + b"".join(
+        bytes([len(p)]) + p.encode() for p in n.split(".")) + b"\0\0\1\0\1", None, 5)]) for n in names]
+    arrays, seq = naive_dns.kept_arrays(flows)
+    table = decode_dns(arrays, np.arange(len(flows)), np.full(len(flows), 17), np.zeros(len(flows), np.int64), seq)
+    hits = SuffixSet.of(pools.domains).match(table, table.messages["qname"])
+    assert (hits >= 0).tolist() == [pools.match(n) is not None for n in names]
 
 
 def test_registered_and_given_the_shared_dns_binding():

@@ -7,11 +7,12 @@ import numpy as np
 
 from egressguard.detect.dns_binding import MAX_NAMES_PER_ADDRESS, DnsBinding, observe_dns
 from egressguard.netaddr import parse_address
-from egressguard.payload.dns import DnsMessage, DnsRecord, parse_message
+from egressguard.payload.dns import DnsMessage, DnsRecord
 from egressguard.pipeline import Analyzer, FlowsReady
 
 sys.path.insert(0, str(Path(__file__).parent))
 from egressbuilders import Capture, dns_message  # noqa: E402
+from naive_dns import parse_message  # noqa: E402
 
 SBX, OTHER = "10.0.0.2", "10.0.0.3"
 

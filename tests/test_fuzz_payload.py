@@ -23,6 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 import seeds  # noqa: E402  (fuzz/seeds.py: real payloads, shared with the atheris corpus)
 
 from egressguard.payload import dns, http, ssh, stratum, tls, websocket  # noqa: E402
+from egressguard.payload.dns_table import decode_dns, name_text  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import naive_dns  # noqa: E402
 
 EXAMPLES = int(os.environ.get("EGRESSGUARD_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -169,44 +173,45 @@ def test_tls_find_sni_batch_stays_inside_each_row(streams, width):
 
 
 # ------------------------------------------------------------------------------------------------ DNS
-def _check_dns(msg: dns.DnsMessage | None, data: bytes) -> None:
-    if msg is None:
-        return
-    for name, _ in msg.questions:
-        _bounded(name, dns.MAX_NAME * ESCAPED)
-    for rr in msg.answers:
-        _bounded(rr.name, dns.MAX_NAME * ESCAPED)
-        _bounded(rr.value, 1024 * ESCAPED)
-    assert len(msg.answers) + len(msg.questions) <= len(data)  # each record takes bytes of its own
+def _decode(flows: list[tuple[int, list[bytes]]]):
+    """The message table of flows given as (protocol, responder-side payloads), read as a flow table keeps them."""
+    arrays, seq = naive_dns.kept_arrays([naive_dns.Flow(p, [(1, m, None, 5 + i) for i, m in enumerate(ms)])
+                                         for p, ms in flows])
+    n = len(flows)
+    table = decode_dns(arrays, np.arange(n), np.array([p for p, _ in flows]), np.zeros(n, np.int64), seq)
+    names = table.names
+    for off in np.concatenate([table.messages["qname"], table.answers["name"], table.answers["target"]]).tolist():
+        assert -1 <= off < max(len(names), 1)
+        if off >= 0:
+            _bounded(name_text(table, off), dns.MAX_NAME * ESCAPED)
+    return table
 
 
 @FUZZ
 @given(inputs(DNS_SEEDS))
 def test_dns_message_any_bytes(data):
-    _check_dns(dns.parse_message(data), data)
-    for m in dns.parse_udp_payloads([data, data[:12]]):
-        _check_dns(m, data)
+    table = _decode([(17, [data, data[:12]])])
+    assert len(table.messages) <= 2
+    assert len(table.answers) <= len(data)  # each record takes bytes of its own
 
 
 @FUZZ
 @given(st.lists(inputs(DNS_SEEDS), max_size=5), st.binary(max_size=8))
 def test_dns_over_tcp_any_framing(messages, junk):
     stream = b"".join(len(m).to_bytes(2, "big") + m for m in messages) + junk
-    parsed = dns.parse_tcp_stream(stream)
-    assert len(parsed) <= len(messages) + 1
-    for m in parsed:
-        _check_dns(m, stream)
+    table = _decode([(6, [stream])])
+    assert len(table.messages) <= len(messages) + 1
 
 
 @FUZZ
 @given(st.integers(0, 255), st.integers(1, 12))
 def test_dns_compression_pointer_loops_end(target, hops):
-    """Names made only of compression pointers that point at each other (a loop) give None, not a hang."""
+    """Names made only of compression pointers that point at each other (a loop) end, not hang."""
     header = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
     pointers = b"".join((0xC000 | (12 + 2 * ((i + 1) % hops))).to_bytes(2, "big") for i in range(hops))
     data = header + pointers + b"\x00\x01\x00\x01" + (0xC000 | (12 + target % (2 * hops))).to_bytes(2, "big") \
         + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00\x01"
-    _check_dns(dns.parse_message(data), data)
+    _decode([(17, [data])])
 
 
 # ------------------------------------------------------------------------------------------------ HTTP, WebSocket
@@ -309,8 +314,7 @@ HUGE_LENGTH_INPUTS = {
 def _run_every_inspector(data: bytes) -> None:
     ssh.parse_handshake(data, data)
     tls.parse_client_hello(data)
-    dns.parse_message(data)
-    dns.parse_tcp_stream(data)
+    _decode([(17, [data]), (6, [data])])
     http.request_host(data)
     websocket.frame_payloads(data)
     websocket.websocket_streams(data, data)

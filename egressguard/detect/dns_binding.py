@@ -20,8 +20,8 @@ import numpy as np
 
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, keys, parse_address
-from egressguard.payload.dns import DnsMessage, parse_message, parse_tcp_stream
-from egressguard.schema import AppTag
+from egressguard.payload.dns import DnsMessage
+from egressguard.payload.dns_table import bindings, name_text, unique_names
 
 MIN_TTL_S = 3600.0  # Cilium's default --tofqdns-min-ttl: short TTLs must not unbind names still in use
 MAX_BOUND_ADDRESSES = 1 << 20  # bounded memory: the least recently answered (sandbox, address) pairs go first
@@ -77,6 +77,22 @@ class DnsBinding:
                         names.add(alias)
                         frontier.append(alias)
             self._bind(sandbox, address, names, ts, ts + max(float(rr.ttl), self.min_ttl_s))
+        while len(self._bound) > self.max_addresses:
+            self._drop(*self._bound.popitem(last=False))
+
+    def bind_answers(self, sandbox_hi: np.ndarray, sandbox_lo: np.ndarray, addr_hi: np.ndarray,
+                     addr_lo: np.ndarray, answer: np.ndarray, names: list[str], ts: np.ndarray,
+                     ttl: np.ndarray) -> None:
+        """Bind many answers at once: rows of one answer (same `answer` id, consecutive) give an address and the
+        names leading to it (payload/dns_table.bindings), for the sandbox that received it at `ts` (s)."""
+        if not len(answer):
+            return
+        starts = np.flatnonzero(np.r_[True, answer[1:] != answer[:-1]]).tolist() + [len(answer)]
+        s_hi, s_lo, a_hi, a_lo = (x.tolist() for x in (sandbox_hi, sandbox_lo, addr_hi, addr_lo))
+        ts, ttl = ts.tolist(), ttl.tolist()
+        for i, j in zip(starts[:-1], starts[1:]):
+            expiry = ts[i] + max(float(ttl[i]), self.min_ttl_s)
+            self._bind((s_hi[i] << 64) | s_lo[i], (a_hi[i] << 64) | a_lo[i], set(names[i:j]), ts[i], expiry)
         while len(self._bound) > self.max_addresses:
             self._drop(*self._bound.popitem(last=False))
 
@@ -171,25 +187,25 @@ class DnsBinding:
 
 
 def observe_dns(binding: DnsBinding, view: FlowView) -> None:
-    """Feed `binding` from the DNS answers of a batch (UDP and TCP, DNS and mDNS ports). The engine calls this
-    before any detector sees the batch, so every detector reads names bound by the answers in the same batch.
-
-    Each UDP answer is bound at the time of the packet that carried it (from the flow's early packet sequence);
-    TCP answers at the time of the first answer segment."""
+    """Feed `binding` from the DNS answers of a batch (UDP and TCP, DNS and mDNS ports), read from the batch's
+    message table. The engine calls this before any detector sees the batch, so every detector reads names bound
+    by the answers in the same batch. Each answer is bound at the time of the packet that carried it (UDP), or of
+    the first answer segment (TCP); names are turned into text once per distinct name."""
+    dns = view.dns
+    t = dns.table
+    if not len(t.answers):
+        return
+    answer, name = bindings(t)
+    message = t.answers["message"][answer]
+    keep = t.messages["direction"][message] == 1  # what the server side said
+    if not keep.any():
+        return
+    answer, name, message = answer[keep], name[keep], message[keep]
+    group, first = unique_names(t, name)
+    texts = [name_text(t, int(off)) for off in name[first].tolist()]
+    rows = dns.rows[t.messages["row"][message]]
     recs = view.records
-    dns = view.tagged(AppTag.DNS | AppTag.MDNS) & (recs["slot"] >= 0) & (recs["resp_payload_pkts"] > 0)
-    for row in np.flatnonzero(dns).tolist():
-        rec = recs[row]
-        client = (int(rec["orig_hi"]) << 64) | int(rec["orig_lo"])
-        first = float(rec["first_seen_ns"]) / 1e9
-        sizes, dt_us = view.early_sequence(row)
-        times = (first + dt_us[sizes < 0] / 1e6).tolist()
-        if int(rec["proto"]) == 17:
-            for k, piece in enumerate(view.kept_payload(row, 1)):
-                message = parse_message(piece)
-                if message is not None:
-                    binding.observe(client, message, times[k] if k < len(times) else first)
-        else:
-            ts = times[0] if times else first
-            for message in parse_tcp_stream(view.kept_stream(row, 1)):
-                binding.observe(client, message, ts)
+    sandbox_hi, sandbox_lo = recs["orig_hi"][rows], recs["orig_lo"][rows]
+    ans = t.answers[answer]
+    binding.bind_answers(sandbox_hi, sandbox_lo, ans["addr_hi"], ans["addr_lo"], answer, [texts[g] for g in group],
+                         t.messages["ts_ns"][message] / 1e9, ans["ttl"])

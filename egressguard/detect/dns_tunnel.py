@@ -8,7 +8,7 @@ that keeps one source port (iodine, dnscat) is one long flow of which only the f
 other queries are counted from the flow's packet counter and attributed to the domain of the messages read.
 
 Works the same for queries to the sandbox's resolver and direct ones (any server on port 53, UDP or TCP). Names
-under reverse zones, mDNS/DNS-SD and single-label names are never judged (dns_names.IGNORED_SUFFIXES).
+under reverse zones, mDNS/DNS-SD and single-label names are never judged (payload/name_features.py).
 
 A finding names the domain and the figures. It is emitted from `inspect` as soon as the evidence reaches `high`,
 and from `finish` (end of a capture, or of a live reporting interval) for everything else that qualifies; a
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
-from egressguard.detect.dns_names import name_features, split_name
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text
-from egressguard.payload.dns import TYPE_NAMES, DnsSummary, name_text, summarize_message, summarize_tcp_stream
-from egressguard.schema import AppTag, Finding, FindingKind, Severity
+from egressguard.payload.dns import TYPE_NAMES, name_text
+from egressguard.payload.dns_table import domain_text, name_labels, subdomain_keys, unique_names
+from egressguard.schema import DNS_CHARSETS, AppTag, Finding, FindingKind, Severity
 
 DNS_PORT = 53  # 5353 (mDNS) and 5355 (LLMNR) are link-local name services, not egress
 NXDOMAIN = 3  # RFC 1035 4.1.1 RCODE 3, "Name Error"
@@ -37,6 +37,7 @@ ODD_QTYPES = frozenset({NULL, TXT, MX, CNAME, ANY, 25})
 LENGTH_BINS = 64  # label-length histogram, 1-character bins; the last bin holds 63 (the RFC 1035 maximum)
 MAX_EXAMPLE = 80  # characters of the example name quoted in evidence
 MAX_DOMAIN_TEXT = 120
+INVALID_CHARSETS = (DNS_CHARSETS.index("binary"), DNS_CHARSETS.index("symbols"))  # bytes no host name can hold
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class _DomainState:
         self.queries = self.read = self.encoded = self.encoded_unique = self.invalid = 0
         self.responses = self.nxdomain = self.flows = 0
         self.query_bytes = self.answer_bytes = self.answer_max = self.edns_max = self.example_len = 0
-        self.subdomains: set[bytes] = set()
+        self.subdomains = np.zeros(0, np.uint64)  # sorted keys of the distinct subdomains read (bounded)
         self.subdomains_full = False
         self.lengths = np.zeros(LENGTH_BINS, np.int64)
         self.entropy_sum = 0.0
@@ -78,6 +79,20 @@ class _DomainState:
         self.resolvers: set[int] = set()
         self.example = ""
         self.reported = 0  # severity already reported (0: none)
+
+    def add_subdomains(self, keys: np.ndarray, encoded: np.ndarray, limit: int) -> None:
+        """Remember the subdomains of some queries (keys in query order); a subdomain seen for the first time adds
+        to `encoded_unique` when it looks encoded; past `limit` distinct ones the set is full (still counted)."""
+        fresh, first = np.unique(keys, return_index=True)
+        known = np.isin(fresh, self.subdomains, assume_unique=True)
+        fresh, first = fresh[~known], first[~known]
+        self.encoded_unique += int(encoded[first].sum())
+        room = limit - len(self.subdomains)
+        if len(fresh) > room:
+            self.subdomains_full = True
+            fresh = fresh[np.argsort(first)[:max(room, 0)]]  # the first ones seen
+        if len(fresh):
+            self.subdomains = np.union1d(self.subdomains, fresh)
 
     def unique(self) -> int:
         """Distinct subdomains read, extrapolated to the unread queries when every name read so far was new."""
@@ -131,9 +146,9 @@ class DnsTunnelDetector:
         if not len(recs):
             return BatchResult()
         dns = view.tagged(AppTag.DNS) & (recs["orig_payload_pkts"] > 0)
-        touched: set[tuple[int, str]] = set()
-        for row in np.flatnonzero(dns).tolist():
-            touched |= self._add_flow(view, row)
+        unread = dns & (recs["slot"] < 0)
+        self.unattributed_queries += int(recs["orig_payload_pkts"][unread].sum())
+        touched = self._account(view, dns & ~unread)
         self._forget(int(recs["last_seen_ns"].max()))
         result = BatchResult()
         for key in touched:
@@ -148,100 +163,135 @@ class DnsTunnelDetector:
         findings = [f for f in (self._report(s, early=False) for s in list(self._states.values())) if f is not None]
         return BatchResult(findings=findings)
 
-    # ---- accounting
-    def _add_flow(self, view: FlowView, row: int) -> set[tuple[int, str]]:
-        """Account one DNS flow; returns the (sandbox, domain) keys it touched."""
-        rec = view.records[row]
-        if int(rec["slot"]) < 0:
-            self.unattributed_queries += int(rec["orig_payload_pkts"])
-            return set()
-        if int(rec["proto"]) == 17:
-            asked = [summarize_message(p) for p in view.kept_payload(row, 0)]
-            answered = [summarize_message(p) for p in view.kept_payload(row, 1)]
-            total = int(rec["orig_payload_pkts"])
-        else:
-            asked = summarize_tcp_stream(view.kept_stream(row, 0))
-            answered = summarize_tcp_stream(view.kept_stream(row, 1))
-            total = len(asked)
-        queries = [(q, split_name(q.qname)) for q in asked if q is not None and not q.is_response]
-        judged = [(q, s) for q, s in queries if s is not None]
+    # ---- accounting, vectorised over the batch's message table (Python once per state and per flow, not per query)
+    def _account(self, view: FlowView, flows: np.ndarray) -> list[tuple[int, str]]:
+        """Account the queries and answers of the DNS flows `flows` (bool per view row); returns the (sandbox,
+        domain) keys touched, in the order their first query came."""
+        t = view.dns.table
+        m = t.messages
+        if not len(m):
+            return []
+        row = view.dns.flow_rows()
+        readable = flows[row] & (m["qdcount"] > 0) & (m["opcode"] == 0) & (m["qname"] >= 0)
+        asked = readable & (m["direction"] == 0) & (m["is_response"] == 0)
+        judged = np.flatnonzero(asked & (m["domain"] >= 0))
         self.names_read += len(judged)
-        self.names_ignored += len(queries) - len(judged)
-        if not judged:
-            return set()
-        sandbox = (int(rec["orig_hi"]) << 64) | int(rec["orig_lo"])
-        for q, split in judged:
-            self._add_query(self._state(sandbox, split.domain, split.no_tld, rec), q, split.sub)
-        keys = {(sandbox, split.domain) for _, split in judged}
-        # a flow that asked about one domain is all that domain's: the queries beyond the kept ones count for it
-        single = len(keys) == 1
-        if not single:
-            self.unattributed_queries += max(0, total - len(judged))
-        for key in keys:
-            state = self._states.get(key)
-            if state is None:  # dropped at once: more domains in this flow than states allowed
-                continue
-            state.flows += 1
-            state.resolvers.add((int(rec["resp_hi"]) << 64) | int(rec["resp_lo"]))
-            state.first_ns = min(state.first_ns, int(rec["first_seen_ns"]))
-            state.last_ns = max(state.last_ns, int(rec["last_seen_ns"]))
-            if single:
-                state.queries += total - len(judged)
-                state.query_bytes += int(rec["orig_payload_bytes"])
-                state.answer_bytes += int(rec["resp_payload_bytes"])
-                state.answer_max = max(state.answer_max, int(rec["resp_payload_max"]))
-            else:
-                state.query_bytes += sum(q.size for q, split in judged if (sandbox, split.domain) == key)
-        self._add_answers(sandbox, answered, single)
+        self.names_ignored += int(asked.sum()) - len(judged)
+        if not len(judged):
+            return []
+        recs = view.records
+        q = Queries(t, judged, row, recs)
+        keys = self._states_for(q, recs)
+        self._add_queries(q, keys)
+        single = self._add_flows(q, keys, recs, readable & (m["direction"] == 0))
+        answered = np.flatnonzero(readable & (m["direction"] == 1) & (m["is_response"] == 1) & (m["domain"] >= 0))
+        self._add_answers(t, answered, row[answered], single, recs)
         return keys
 
-    def _add_answers(self, sandbox: int, answered: list[DnsSummary | None], single: bool) -> None:
-        """Answers read: NXDOMAIN counts, and their sizes when the flow's totals were not attributed."""
-        for r in (a for a in answered if a is not None and a.is_response):
-            split = split_name(r.qname)
-            state = self._states.get((sandbox, split.domain)) if split is not None else None
-            if state is not None:
-                state.responses += 1
-                state.nxdomain += r.rcode == NXDOMAIN
-                if not single:
-                    state.answer_bytes += r.size
-                    state.answer_max = max(state.answer_max, r.size)
-
-    def _state(self, sandbox: int, domain: str, no_tld: bool, rec: np.void) -> _DomainState:
-        key = (sandbox, domain)
-        state = self._states.get(key)
-        if state is None:
-            state = _DomainState(sandbox, domain, no_tld, rec.copy())
-            self._states[key] = state
-            while len(self._states) > self.params.max_domains:
-                self._states.popitem(last=False)
-                self.dropped_domains += 1
-        else:
-            self._states.move_to_end(key)
-        return state
-
-    def _add_query(self, state: _DomainState, q: DnsSummary, sub: tuple[bytes, ...]) -> None:
-        features = name_features(sub)
-        state.queries += 1
-        state.read += 1
-        text = b".".join(sub).lower()
-        if text not in state.subdomains:
-            state.encoded_unique += features.encoded
-            if len(state.subdomains) < self.params.max_subdomains:
-                state.subdomains.add(text)
+    def _states_for(self, q: "Queries", recs: np.ndarray) -> list[tuple[int, str]]:
+        """The (sandbox, domain) key of every group of `q`, creating missing states in the order their first query
+        came (the least recently queried are dropped past max_domains, and counted)."""
+        keys = []
+        for first in q.group_first.tolist():
+            key = (q.sandbox[first], q.domain_text[q.domain[first]])
+            state = self._states.get(key)
+            if state is None:
+                no_tld = bool(q.table.messages["no_tld"][q.message[first]])
+                self._states[key] = _DomainState(key[0], key[1], no_tld, recs[q.row[q.message[first]]].copy())
+                while len(self._states) > self.params.max_domains:
+                    self._states.popitem(last=False)
+                    self.dropped_domains += 1
             else:
-                state.subdomains_full = True
-        state.lengths[min(features.longest_label, LENGTH_BINS - 1)] += 1
-        state.entropy_sum += features.entropy
-        state.encoded += features.encoded
-        state.invalid += features.invalid
-        if features.encoded:
-            state.charsets[features.charset] = state.charsets.get(features.charset, 0) + 1
-        if len(state.qtypes) < 16 or q.qtype in state.qtypes:
-            state.qtypes[q.qtype] = state.qtypes.get(q.qtype, 0) + 1
-        state.edns_max = max(state.edns_max, q.edns_size)
-        if features.length > state.example_len or (features.encoded and not state.example):
-            state.example, state.example_len = name_text(q.qname, MAX_EXAMPLE), features.length
+                self._states.move_to_end(key)
+            keys.append(key)
+        return keys
+
+    def _add_queries(self, q: "Queries", keys: list[tuple[int, str]]) -> None:
+        """Names, lengths, alphabets, query types and EDNS sizes of each state's queries of this batch."""
+        m = q.table.messages[q.message]
+        sub_keys = subdomain_keys(q.table)[q.message]
+        for g, key in enumerate(keys):
+            state = self._states.get(key)
+            if state is None:  # dropped at once: more domains in this batch than states allowed
+                continue
+            at = q.members(g)
+            sub = m[at]
+            encoded = sub["encoded"].astype(bool)
+            state.queries += len(at)
+            state.read += len(at)
+            state.add_subdomains(sub_keys[at], encoded, self.params.max_subdomains)
+            state.lengths += np.bincount(np.minimum(sub["longest_label"], LENGTH_BINS - 1), minlength=LENGTH_BINS)
+            state.entropy_sum += float(sub["entropy"].astype(np.float64).sum())
+            state.encoded += int(encoded.sum())
+            state.invalid += int(np.isin(sub["charset"], INVALID_CHARSETS).sum())
+            for code, count in zip(*(x.tolist() for x in np.unique(sub["charset"][encoded], return_counts=True))):
+                state.charsets[DNS_CHARSETS[code]] = state.charsets.get(DNS_CHARSETS[code], 0) + count
+            for qtype in sub["qtype"].tolist():
+                if len(state.qtypes) < 16 or qtype in state.qtypes:
+                    state.qtypes[qtype] = state.qtypes.get(qtype, 0) + 1
+            state.edns_max = max(state.edns_max, int(sub["edns_size"].max()))
+            longest = int(np.argmax(sub["sub_length"]))  # the first of the longest: the example the old loop chose
+            if int(sub["sub_length"][longest]) > state.example_len:
+                state.example_len = int(sub["sub_length"][longest])
+                state.example = name_text(name_labels(q.table, int(sub["qname"][longest])), MAX_EXAMPLE)
+
+    def _add_flows(self, q: "Queries", keys: list[tuple[int, str]], recs: np.ndarray,
+                   client_messages: np.ndarray) -> dict[int, bool]:
+        """Per flow and state: the flow count, resolvers and time span, and the flow's totals beyond the queries
+        read: a flow that asked about one domain is all that domain's (its packet counters count its queries); in a
+        flow that mixed domains only what was read is attributed, the rest counted as unattributed. Returns, per
+        flow, whether it asked about one domain only."""
+        sizes = q.table.messages["size"][q.message].astype(np.int64)
+        pairs, inverse = np.unique(np.stack([q.row[q.message], q.state_of]), axis=1, return_inverse=True)
+        pair_bytes = np.bincount(inverse.reshape(-1), weights=sizes, minlength=pairs.shape[1]).astype(np.int64)
+        read = dict(zip(*(x.tolist() for x in np.unique(q.row[q.message], return_counts=True))))
+        kept = dict(zip(*(x.tolist() for x in np.unique(q.row[client_messages], return_counts=True))))
+        single: dict[int, bool] = {}
+        flows, starts = np.unique(pairs[0], return_index=True)
+        bounds = starts.tolist() + [pairs.shape[1]]
+        for r, i, j in zip(flows.tolist(), bounds[:-1], bounds[1:]):
+            rec = recs[r]
+            total = int(rec["orig_payload_pkts"]) if int(rec["proto"]) == 17 else kept.get(r, 0)
+            single[r] = j - i == 1
+            if not single[r]:
+                self.unattributed_queries += max(0, total - read[r])
+            for g, size in zip(pairs[1, i:j].tolist(), pair_bytes[i:j].tolist()):
+                state = self._states.get(keys[g])
+                if state is None:
+                    continue
+                state.flows += 1
+                state.resolvers.add((int(rec["resp_hi"]) << 64) | int(rec["resp_lo"]))
+                state.first_ns = min(state.first_ns, int(rec["first_seen_ns"]))
+                state.last_ns = max(state.last_ns, int(rec["last_seen_ns"]))
+                if single[r]:
+                    state.queries += total - read[r]
+                    state.query_bytes += int(rec["orig_payload_bytes"])
+                    state.answer_bytes += int(rec["resp_payload_bytes"])
+                    state.answer_max = max(state.answer_max, int(rec["resp_payload_max"]))
+                else:
+                    state.query_bytes += size
+        return single
+
+    def _add_answers(self, t, answered: np.ndarray, rows: np.ndarray, single: dict[int, bool],
+                     recs: np.ndarray) -> None:
+        """Answers read in flows that asked something judged: NXDOMAIN counts, and their sizes when the flow's
+        totals were not attributed."""
+        if not len(answered):
+            return
+        m = t.messages
+        group, first = unique_names(t, m["domain"][answered], m["domain_labels"][answered])
+        texts = [domain_text(t, int(answered[i])) for i in first.tolist()]
+        for msg, r, g in zip(answered.tolist(), rows.tolist(), group.tolist()):
+            if r not in single:
+                continue
+            state = self._states.get(((int(recs["orig_hi"][r]) << 64) | int(recs["orig_lo"][r]), texts[g]))
+            if state is None:
+                continue
+            state.responses += 1
+            state.nxdomain += int(m["rcode"][msg]) == NXDOMAIN
+            if not single[r]:
+                state.answer_bytes += int(m["size"][msg])
+                state.answer_max = max(state.answer_max, int(m["size"][msg]))
 
     def _forget(self, now_ns: int) -> None:
         horizon = now_ns - int(self.params.forget_after_s * 1e9)
@@ -304,6 +354,33 @@ class DnsTunnelDetector:
             "reasons": reasons}}
         return Finding(FindingKind.DNS_TUNNEL, severity, score, tuple(_evidence(s, reasons)), flow, self._capture,
                        details, subject=s.domain[:MAX_DOMAIN_TEXT])
+
+
+class Queries:
+    """The judged queries of one batch (positions `message` in its message table; `row[i]` is the view row of
+    message i), grouped by (sandbox, registered domain): group g's members come in message order, and groups are
+    numbered in the order of their first query."""
+
+    def __init__(self, table, judged: np.ndarray, row: np.ndarray, recs: np.ndarray):
+        m = table.messages
+        self.table, self.message, self.row = table, judged, row
+        rows = row[judged]
+        hi, lo = recs["orig_hi"][rows], recs["orig_lo"][rows]
+        self.domain, first = unique_names(table, m["domain"][judged], m["domain_labels"][judged])
+        self.domain_text = [domain_text(table, int(judged[i])) for i in first.tolist()]
+        keys = np.stack([hi, lo, self.domain.astype(np.uint64)], axis=1)
+        _, group_first, state_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(group_first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        self.state_of, self.group_first = rank[state_of.reshape(-1)], group_first[order]
+        self.sandbox = [(h << 64) | x for h, x in zip(hi.tolist(), lo.tolist())]
+        self._by_group = np.argsort(self.state_of, kind="stable")
+        self._bounds = np.searchsorted(self.state_of[self._by_group], np.arange(len(self.group_first) + 1))
+
+    def members(self, group: int) -> np.ndarray:
+        """Positions (into `message`) of one group's queries, in message order."""
+        return self._by_group[self._bounds[group]:self._bounds[group + 1]]
 
 
 def _duration(seconds: float) -> str:

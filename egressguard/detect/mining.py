@@ -26,20 +26,19 @@ import numpy as np
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
 from egressguard.flows.view import SOURCE_SNI, FlowView
 from egressguard.netaddr import format_address
-from egressguard.payload.dns import parse_tcp_stream, parse_udp_payloads
+from egressguard.payload.dns_table import name_text, unique_names
+from egressguard.payload.suffixes import SuffixSet
 from egressguard.payload.stratum import (Family, StratumSession, Sv2Handshake, http_messages, json_messages,
                                          parse_json_session, parse_session, sv2_handshake)
 from egressguard.payload.signatures import HTTP_METHODS, starts_with
 from egressguard.payload.tls import parse_client_hello
 from egressguard.payload.websocket import websocket_streams
-from egressguard.policy.pools import PoolDomain, question_end, tail_matches
+from egressguard.policy.pools import PoolDomain
 from egressguard.schema import FLOW_DTYPE, AppTag, Finding, FindingKind, FlowFlag, Severity
 
 ORIG, RESP = 0, 1
 _IPV4_MAPPED = 0xFFFF << 32
 _PREFIX = 16  # first kept bytes looked at by the array prefilters
-DNS_WIDTH = 12 + 2 + 256  # DNS header, TCP length prefix, the longest question name
-CHUNK = 2048  # rows per numpy pass over kept bytes (keeps the temporary arrays at a few MB)
 _HTTP_ALPN = ("h2", "http/1.1", "http/1.0", "h3")
 _FAMILY_TEXT = {
     Family.STRATUM_V1: "Stratum v1", Family.ETHEREUM_STRATUM: "EthereumStratum", Family.ETHEREUM_PROXY:
@@ -239,6 +238,7 @@ class MiningDetector:
         self._watch_lo = np.zeros(0, np.uint64)
         self._watch_dirty = False
         self._pool_of_name: dict[str, PoolDomain | None] = {}  # server names already matched against the list
+        self._pool_suffixes: SuffixSet | None = None  # the list's suffixes for the DNS message table (built on use)
 
     def start(self, capture: str) -> None:
         """Flows held for a late DNS answer belong to one capture; proven pairs are remembered across captures."""
@@ -445,45 +445,30 @@ class MiningDetector:
                     Severity.HIGH, proof=True)
 
     def _watch_dns(self, view: FlowView) -> np.ndarray:
-        """Remember the addresses that DNS answers in this batch gave for pool names: the questions are matched in
-        numpy, only the hits are parsed. The DnsObserver, which ran before this detector, has bound them; this list
-        only lets the array prefilter find the flows to those addresses."""
-        recs = view.records
-        dns = np.flatnonzero(view.tagged(AppTag.DNS | AppTag.MDNS) & (recs["slot"] >= 0)
-                             & (recs["resp_payload_pkts"] > 0))
-        added: list[int] = []
-        for lo in range(0, len(dns), CHUNK):
-            part = dns[lo:lo + CHUNK]
-            data, fill = view.kept(part, RESP, DNS_WIDTH)
-            hit = np.zeros(len(part), bool)
-            for start, proto in ((12, 17), (14, 6)):  # the question name of the first response (TCP: after the length)
-                mine = recs["proto"][part] == proto
-                if mine.any():
-                    end = question_end(data, start)
-                    end[end > fill] = -1  # walked past the kept bytes
-                    hit |= mine & tail_matches(data, np.where(end >= 0, start, -1), end, self.pools.wire_codes,
-                                               dotted=False)
-            for row in part[hit].tolist():
-                added += self._watch_answers(view, row)
+        """Remember the addresses that DNS answers in this batch gave for pool names (answers to questions under a
+        listed suffix, matched in the batch's message table). The engine has bound them already; this list only lets
+        the array prefilter find the flows to those addresses. Returns the low 64 bits of the new addresses."""
+        t = view.dns.table
+        m, a = t.messages, t.answers
+        if not len(a):
+            return np.zeros(0, np.uint64)
+        if self._pool_suffixes is None:
+            self._pool_suffixes = SuffixSet.of(self.pools.domains)
+        answers = np.flatnonzero(((a["rtype"] == 1) & (a["rdlength"] == 4)) | ((a["rtype"] == 28) & (a["rdlength"] == 16)))
+        msg = a["message"][answers]
+        answers = answers[(m["direction"][msg] == 1) & (m["is_response"][msg] == 1) & (m["qname"][msg] >= 0)]
+        if not len(answers):
+            return np.zeros(0, np.uint64)
+        answers = answers[self._pool_suffixes.match(t, m["qname"][a["message"][answers]]) >= 0]
+        group, first = unique_names(t, a["name"][answers])
+        texts = [name_text(t, int(off)) for off in a["name"][answers][first].tolist()]
+        for (hi, lo), g in zip(zip(a["addr_hi"][answers].tolist(), a["addr_lo"][answers].tolist()), group.tolist()):
+            self._watch[(hi, lo)] = texts[g]
+            self._watch.move_to_end((hi, lo))
+            self._watch_dirty = True
         while len(self._watch) > self.params.dns_watch:
             self._watch.popitem(last=False)
-        return np.unique(np.array(added, np.uint64))
-
-    def _watch_answers(self, view: FlowView, row: int) -> list[int]:
-        added = []
-        udp = int(view.records[row]["proto"]) == 17
-        messages = parse_udp_payloads(view.kept_payload(row, RESP)) if udp else \
-            parse_tcp_stream(view.kept_stream(row, RESP))
-        for message in messages:
-            for rr in message.answers:
-                if rr.rtype in (1, 28) and rr.value:
-                    key = _address_key(rr.value)
-                    if key is not None:
-                        self._watch[key] = rr.name
-                        self._watch.move_to_end(key)
-                        self._watch_dirty = True
-                        added.append(key[1])
-        return added
+        return np.unique(a["addr_lo"][answers])
 
     def _watched_rows(self, recs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._watch_dirty:

@@ -13,10 +13,11 @@ from functools import cached_property
 import numpy as np
 
 from egressguard.flows.table import Conversation, FlowBatch, FlowTable
+from egressguard.payload.dns_table import DnsTable, decode_dns
 from egressguard.payload.http import request_hosts
 from egressguard.payload.signatures import SIGNATURE_BYTES, app_tags
 from egressguard.payload.tls import find_sni, parse_client_hello, sni_text
-from egressguard.schema import FLOW_DTYPE, AppTag
+from egressguard.schema import DNS_ANSWER_DTYPE, DNS_MESSAGE_DTYPE, FLOW_DTYPE, AppTag
 
 ORIG, RESP = 0, 1
 SNI_FIRST_LOOK = 640  # bytes of each ClientHello looked at first: most name their server early
@@ -25,6 +26,20 @@ HTTP_HEAD = 1024  # bytes of a request searched for its Host header
 CHUNK = 2048  # rows per numpy pass over kept bytes (keeps temporary arrays at a few MB)
 SOURCE_SNI, SOURCE_HOST = 1, 2
 SOURCE_NAMES = {SOURCE_SNI: "tls_sni", SOURCE_HOST: "http_host"}
+EMPTY_DNS = DnsTable(np.zeros(0, DNS_MESSAGE_DTYPE), np.zeros(0, DNS_ANSWER_DTYPE), np.zeros(0, np.uint8))
+
+
+@dataclass(frozen=True)
+class BatchDns:
+    """The DNS messages of a batch (payload/dns_table.py) and the view rows of the flows that carried them:
+    message i belongs to view row `rows[table.messages["row"][i]]`."""
+
+    rows: np.ndarray  # int64, the DNS/mDNS rows of the view that kept payload
+    table: DnsTable
+
+    def flow_rows(self) -> np.ndarray:
+        """The view row of every message."""
+        return self.rows[self.table.messages["row"]]
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,17 @@ class FlowView:
         return (self.app & np.uint32(tags)) != 0
 
     @cached_property
+    def dns(self) -> BatchDns:
+        """Every DNS message the DNS and mDNS flows of the batch kept, decoded in one numba pass."""
+        recs = self.records
+        rows = np.flatnonzero(self.tagged(AppTag.DNS | AppTag.MDNS) & (recs["slot"] >= 0))
+        if self._table is None or not len(rows):
+            return BatchDns(rows, EMPTY_DNS)
+        sub = recs[rows]
+        return BatchDns(rows, decode_dns(self._table.kept_arrays(), sub["slot"], sub["proto"], sub["first_seen_ns"],
+                                         sub["seq_count"]))
+
+    @cached_property
     def server_names(self) -> ServerNames:
         """The TLS server name or HTTP Host each originator sent (SNI located in numpy, hosts read per request)."""
         n = len(self.records)
@@ -178,4 +204,4 @@ class FlowView:
             todo = todo[(offset < 0) & (status == 1) & (fill >= data.shape[1]) & (record_end > data.shape[1])]
 
 
-__all__ = ["FlowView", "ServerNames", "SOURCE_HOST", "SOURCE_SNI"]
+__all__ = ["BatchDns", "FlowView", "ServerNames", "SOURCE_HOST", "SOURCE_SNI"]

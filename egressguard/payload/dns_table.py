@@ -17,8 +17,8 @@ import numpy as np
 from numba import njit
 
 from egressguard.payload.name_features import judge_questions
-from egressguard.payload.suffixes import (MAX_LABELS, MAX_NAME, PublicSuffixRules, name_keys, public_suffix_rules,
-                                          same_name, same_names)
+from egressguard.payload.suffixes import (FNV_OFFSET, FNV_PRIME, MAX_LABELS, MAX_NAME, PublicSuffixRules, name_keys,
+                                          public_suffix_rules, same_name, same_names)
 from egressguard.schema import DNS_ANSWER_DTYPE, DNS_MESSAGE_DTYPE
 
 MAX_POINTERS = 128  # compression pointers followed per name: a loop guard (a sane name needs one per label at most)
@@ -384,5 +384,38 @@ def bindings(table: DnsTable) -> tuple[np.ndarray, np.ndarray]:
     return out_answer, out_name
 
 
+@njit(cache=True, nogil=True)
+def _subdomain_keys(names, qname, domain, out):
+    """FNV-1a of the labels from each question name's start up to its registered domain, ASCII case folded and
+    joined by '.', structural labels (starting with '_': SRV, DKIM, DMARC) left out; 0 for names never judged."""
+    size = names.shape[0]
+    for i in range(qname.shape[0]):
+        if domain[i] < 0 or qname[i] < 0:
+            out[i] = 0
+            continue
+        h, pos, first = FNV_OFFSET, np.int64(qname[i]), True
+        while pos < domain[i] and pos < size and names[pos] != 0:
+            k = np.int64(names[pos])
+            if pos + 1 < size and names[pos + 1] != 95:  # "_"
+                if not first:
+                    h = (h ^ np.uint64(46)) * FNV_PRIME
+                first = False
+                for j in range(pos + 1, min(pos + 1 + k, size)):
+                    b = names[j]
+                    h = (h ^ np.uint64(b + 32 if 65 <= b <= 90 else b)) * FNV_PRIME
+            pos += k + 1
+        out[i] = h
+
+
+def subdomain_keys(table: DnsTable) -> np.ndarray:
+    """A 64-bit key per message of the text below its question's registered domain (what makes two queries ask
+    for the same subdomain, case aside); 0 where the name is never judged."""
+    out = np.zeros(len(table.messages), np.uint64)
+    if len(out):
+        _subdomain_keys(table.names, table.messages["qname"].astype(np.int64),
+                        table.messages["domain"].astype(np.int64), out)
+    return out
+
+
 __all__ = ["DnsTable", "KeptArrays", "bindings", "decode_dns", "domain_text", "name_labels", "name_text",
-           "unique_names"]
+           "subdomain_keys", "unique_names"]

@@ -10,8 +10,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from egressguard.errors import RulesError
 
 # rules/pools.toml, linked into the package (egressguard/policy/pools.toml) so that an installed egressguard has it
@@ -42,11 +40,6 @@ class PoolList:
     sources: dict[str, dict] = field(default_factory=dict)  # key -> {"name": ..., "reference": ...}
     path: str = ""
 
-    def __post_init__(self) -> None:
-        # suffixes as byte rows grouped by length, for the array matchers (dotted, and as DNS labels on the wire)
-        self.text_codes = _codes([s.encode() for s in self.domains])
-        self.wire_codes = _codes([b"".join(bytes([len(x)]) + x.encode() for x in s.split(".")) for s in self.domains])
-
     def match(self, name: str | None) -> PoolDomain | None:
         """The listed suffix that `name` is or lies under (label boundary), or None."""
         if not name:
@@ -65,55 +58,6 @@ class PoolList:
     def cite(self, sources: tuple[str, ...]) -> str:
         """The short names of the sources, for evidence sentences."""
         return ", ".join(self.sources.get(s, {}).get("name", s) for s in sources)
-
-
-def _codes(items: list[bytes]) -> dict[int, np.ndarray]:
-    """Byte strings grouped by length as uint8 [k, length] arrays, letters folded to lower case (| 0x20)."""
-    groups: dict[int, list[bytes]] = {}
-    for item in items:
-        groups.setdefault(len(item), []).append(item)
-    return {n: np.frombuffer(b"".join(v), np.uint8).reshape(len(v), n) | 0x20 for n, v in groups.items()}
-
-
-def tail_matches(data: np.ndarray, start: np.ndarray, end: np.ndarray, codes: dict[int, np.ndarray],
-                 dotted: bool = True) -> np.ndarray:
-    """Rows whose bytes data[row, start:end] end with one of `codes` (case-folded); with `dotted`, only at a label
-    boundary (the whole name, or a '.' before the suffix). A prefilter: a hit is confirmed by a real parse."""
-    hit = np.zeros(len(data), bool)
-    width = data.shape[1]
-    length = end - start
-    for n, table in codes.items():
-        rows = np.flatnonzero((start >= 0) & (length >= n) & (end <= width))
-        if not len(rows):
-            continue
-        first = end[rows] - n
-        tails = data[rows[:, None], first[:, None] + np.arange(n)] | 0x20
-        same = (tails[:, None, :] == table[None, :, :]).all(axis=2).any(axis=1)
-        if dotted:
-            same &= (length[rows] == n) | (data[rows, np.maximum(first - 1, 0)] == ord("."))
-        hit[rows[same]] = True
-    return hit
-
-
-def question_end(data: np.ndarray, start: int) -> np.ndarray:
-    """End (exclusive, before the root label) of the DNS question name that starts at column `start` of each row,
-    -1 where the labels do not end inside the row (or a compression pointer appears)."""
-    n, width = data.shape
-    pos = np.full(n, start, np.int64)
-    end = np.full(n, -1, np.int64)
-    active = np.ones(n, bool)
-    for _ in range(64):
-        rows = np.flatnonzero(active & (pos < width))
-        if not len(rows):
-            break
-        size = data[rows, pos[rows]].astype(np.int64)
-        done = size == 0
-        end[rows[done]] = pos[rows[done]]
-        bad = size >= 64
-        active[rows[done | bad]] = False
-        pos[rows[~done & ~bad]] += size[~done & ~bad] + 1
-        active[pos >= width] = False
-    return end
 
 
 _SUFFIX_RE = re.compile(r"^(?=.{3,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
@@ -172,4 +116,4 @@ def load_pools(path: Path | str = DEFAULT_POOLS) -> PoolList:
     return PoolList(domains, ports, dict(sources), str(path))
 
 
-__all__ = ["DEFAULT_POOLS", "PoolDomain", "PoolList", "PoolPort", "load_pools", "question_end", "tail_matches"]
+__all__ = ["DEFAULT_POOLS", "PoolDomain", "PoolList", "PoolPort", "load_pools"]
