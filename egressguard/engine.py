@@ -12,6 +12,8 @@ then every detector judges it. An event's view is valid until the next event is 
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
@@ -80,7 +82,7 @@ class Engine:
     """
 
     def __init__(self, settings: Settings = Settings(), ctx: DetectorContext | None = None,
-                 detectors: Sequence[DetectorFactory] | None = None):
+                 detectors: Sequence[DetectorFactory] | None = None, judge_in_thread: bool = False):
         factories = tuple(DETECTORS if detectors is None else detectors)
         if factories and ctx is None:
             raise ValueError("detectors need a DetectorContext")
@@ -92,6 +94,9 @@ class Engine:
         self.capture = ""
         self.now_ns = 0  # time of the latest packet fed (capture time)
         self._base = (0, 0, 0)  # table counters (created, evictions, slot_denied) when the capture started
+        # detectors judge batches in a thread of their own while the table aggregates (files; live judges in line)
+        self._threaded = judge_in_thread and bool(self.detectors)
+        self._judging: JudgingThread | None = None
 
     # ---- one capture
     def start(self, capture: str) -> None:
@@ -115,28 +120,49 @@ class Engine:
             return
         if packets is None:
             packets = self.decode(chunk)
-        for batch in self.table.update(packets, chunk.buf):
-            yield self._judge(batch)
+        for batch in self.table.update(packets, chunk.buf, hold=self._threaded):
+            yield from self._judged(batch)
         if len(packets):
             self.now_ns = max(self.now_ns, int(packets["ts_ns"].max()))
 
     def tick(self, now_ns: int) -> Iterator[FlowsReady]:
         """End the flows idle past their timeout at `now_ns` (capture time for files, the clock when live)."""
-        for batch in self.table.expire(now_ns):
-            yield self._judge(batch)
+        for batch in self.table.expire(now_ns, hold=self._threaded):
+            yield from self._judged(batch)
 
     def flush(self) -> Iterator[FlowsReady]:
         """End every open flow (end of input), then report what the detectors held back."""
-        for batch in self.table.flush(EndReason.END_OF_INPUT):
-            yield self._judge(batch)
+        for batch in self.table.flush(EndReason.END_OF_INPUT, hold=self._threaded):
+            yield from self._judged(batch)
+        if self._judging is not None:
+            yield from self._judging.drain()
+            self._judging = None
         result = self.finish()
         if result.findings:
             yield FlowsReady(self.capture, FlowView.empty(self.capture), result)
 
     def discard(self) -> None:
         """Drop every open flow unjudged (a capture that could not be read at all leaves nothing behind)."""
+        self.stop()
         for _ in self.table.flush(EndReason.END_OF_INPUT):
             pass
+
+    def stop(self) -> None:
+        """Stop judging in a thread without waiting for what is queued (the run is being abandoned)."""
+        if self._judging is not None:
+            self._judging.stop()
+            self._judging = None
+
+    def _judged(self, batch: FlowBatch) -> Iterator[FlowsReady]:
+        """The events of a batch: judged here, or handed to the judging thread (then the events it has finished
+        come back, in order)."""
+        if not self._threaded:
+            yield self._judge(batch)
+            return
+        if self._judging is None:
+            self._judging = JudgingThread(self._judge, self.table.release)
+        self._judging.submit(batch)
+        yield from self._judging.ready()
 
     def finish(self) -> BatchResult:
         """What the detectors held back (end of a capture, or of a live reporting interval)."""
@@ -228,6 +254,83 @@ class Engine:
             pass
         for _ in engine.flush():
             pass
+
+
+class JudgingThread:
+    """Judges batches in a thread of its own, in order, while the caller's thread goes on aggregating packets: the
+    flow table's kernels release the GIL, so the detectors' Python and the table run on two cores at once.
+
+    A batch keeps its payload slots until its event has been handed on; the slots are then given back in the
+    caller's thread (the one that updates the table), never in the judging thread. At most `depth` batches wait."""
+
+    def __init__(self, judge: Callable[[FlowBatch], FlowsReady], release: Callable[[FlowBatch], None],
+                 depth: int = 2):
+        self._judge, self._release = judge, release
+        self._todo: queue.Queue = queue.Queue(maxsize=depth)
+        self._done: queue.Queue = queue.Queue()
+        self._held: list[FlowBatch] = []  # submitted, not yet handed on (their slots are still theirs)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="judging", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                batch = self._todo.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if batch is None:
+                return
+            try:
+                self._done.put(self._judge(batch))
+            except BaseException as exc:  # handed to the caller's thread, which raises it
+                self._done.put(exc)
+                return
+
+    def submit(self, batch: FlowBatch) -> None:
+        """Queue a batch (waits while `depth` batches are queued, unless the thread has ended on an error)."""
+        self._held.append(batch)
+        while self._thread.is_alive():
+            try:
+                self._todo.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def ready(self, wait: bool = False) -> Iterator[FlowsReady]:
+        """The events judged so far, in order (all of the submitted ones when `wait`); each batch's slots are
+        released once the caller asks for the next event."""
+        while self._held:
+            try:
+                event = self._done.get(block=wait, timeout=None if not wait else 0.1)
+            except queue.Empty:
+                if wait and self._thread.is_alive():
+                    continue
+                if wait and self._done.empty():
+                    raise RuntimeError("the judging thread ended with batches left unjudged")
+                return
+            if isinstance(event, BaseException):
+                self.stop()
+                raise event
+            batch = self._held.pop(0)
+            try:
+                yield event
+            finally:
+                self._release(batch)
+
+    def drain(self) -> Iterator[FlowsReady]:
+        """Every remaining event, then the thread ends."""
+        yield from self.ready(wait=True)
+        self._todo.put(None)
+        self._thread.join()
+
+    def stop(self) -> None:
+        """Abandon the queued work: the thread ends, and every batch still held gives its slots back."""
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        for batch in self._held:
+            self._release(batch)
+        self._held = []
 
 
 def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:

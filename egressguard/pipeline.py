@@ -6,6 +6,7 @@ with the capture's summary. The CLI only renders these events.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -44,7 +45,7 @@ class Analyzer:
         self.settings = settings
         if ctx is None and (detectors is None or len(detectors)):
             ctx = default_context(rules)
-        self.engine = Engine(settings, ctx, detectors)
+        self.engine = Engine(settings, ctx, detectors, judge_in_thread=True)
 
     @property
     def detectors(self) -> list:
@@ -72,7 +73,7 @@ class Analyzer:
             for chunk in capture.chunks():
                 yield chunk, engine.decode(chunk)
 
-        with capture:
+        with capture, _stopping(engine):
             try:
                 for chunk, packets in prefetched(decoded()):
                     yield from engine.feed(chunk, packets)
@@ -102,6 +103,16 @@ def analyze_captures(specs: Iterable[str], settings: Settings = Settings(),
     analyzer = Analyzer(settings, rules=rules)
     for spec in specs:
         yield from analyzer.analyze(spec, progress)
+
+
+@contextlib.contextmanager
+def _stopping(engine: Engine) -> Iterator[None]:
+    """Stop the engine's judging thread if the run is abandoned (an error, or a consumer that stops reading)."""
+    try:
+        yield
+    except BaseException:
+        engine.stop()
+        raise
 
 
 def _file_size(spec: str) -> int | None:

@@ -212,11 +212,12 @@ class FlowTable:
         return sum(a.nbytes for a in self.t) + self._out.nbytes
 
     # ---- aggregation
-    def update(self, packets: np.ndarray, buf: np.ndarray) -> Iterator[FlowBatch]:
+    def update(self, packets: np.ndarray, buf: np.ndarray, hold: bool = False) -> Iterator[FlowBatch]:
         """Aggregate a PACKET array whose payload offsets point into `buf`; yield batches of finished flows.
 
         Each yielded batch must be consumed (and released, or it is released when the next one is requested)
-        before iteration continues.
+        before iteration continues; with `hold`, batches keep their payload slots until `release(batch)` is called
+        (from the thread that updates the table).
         """
         if packets.dtype != PACKET_DTYPE:
             raise TypeError(f"packets must have PACKET_DTYPE, got {packets.dtype}")
@@ -226,23 +227,23 @@ class FlowTable:
         while start < len(packets):
             start, n_out = kernels.update_table(self.t, buf, packets, start, self._out)
             if n_out:
-                yield from self._hand_out(n_out)
+                yield from self._hand_out(n_out, hold)
 
-    def expire(self, now_ns: int) -> Iterator[FlowBatch]:
-        """Emit flows idle past their timeout at `now_ns`."""
+    def expire(self, now_ns: int, hold: bool = False) -> Iterator[FlowBatch]:
+        """Emit flows idle past their timeout at `now_ns` (`hold`: as for update)."""
         finished = False
         while not finished:
             n_out, finished = kernels.expire_idle(self.t, np.int64(now_ns), self._out)
             if n_out:
-                yield from self._hand_out(n_out)
+                yield from self._hand_out(n_out, hold)
 
-    def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> Iterator[FlowBatch]:
-        """Emit every live flow with the given end reason, leaving the table empty."""
+    def flush(self, reason: EndReason = EndReason.END_OF_INPUT, hold: bool = False) -> Iterator[FlowBatch]:
+        """Emit every live flow with the given end reason, leaving the table empty (`hold`: as for update)."""
         while True:
             n_out = kernels.flush_table(self.t, int(reason), self._out)
             if not n_out:
                 return
-            yield from self._hand_out(n_out)
+            yield from self._hand_out(n_out, hold)
 
     def snapshot(self, since_ns: int | None = None, where: np.ndarray | None = None) -> FlowBatch:
         """The live flows as they are now (copies; their payload slots stay owned by the table); with `since_ns`,
@@ -266,8 +267,11 @@ class FlowTable:
         live = self.t.used.astype(bool)
         return {name: self.t.records[name][live] for name in names}
 
-    def _hand_out(self, n_out: int) -> Iterator[FlowBatch]:
+    def _hand_out(self, n_out: int, hold: bool = False) -> Iterator[FlowBatch]:
         batch = FlowBatch(self._out[:n_out].copy(), self)
+        if hold:
+            yield batch
+            return
         try:
             yield batch
         finally:
