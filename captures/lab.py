@@ -131,8 +131,8 @@ def recording(lab: Lab, path: Path) -> Iterator[None]:
     """tcpdump on the sandbox bridge for the duration of the block."""
     # --immediate-mode: tcpdump 4.99 otherwise writes packets only when a 1 s buffer block closes, and the end of
     # a scenario would be lost at random when it stops
-    # -B: a 32 MiB kernel buffer; with the default 2 MiB, bursts over ~30 KiB lost their tail on this machine
-    proc = lab.popen(lab.gw, "tcpdump", "-i", "br0", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-w",
+    # -B: a 64 MiB kernel buffer; with the default 2 MiB, bursts over ~30 KiB lost their tail on this busy machine
+    proc = lab.popen(lab.gw, "tcpdump", "-i", "br0", "-U", "--immediate-mode", "-B", "65536", "-s", "0", "-w",
                      str(path), "-n", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # tcpdump says "listening on" when its socket is ready
     deadline = time.time() + 10

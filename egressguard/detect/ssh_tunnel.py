@@ -219,7 +219,7 @@ class _Remembered:
     handshake: SshHandshake
     use: SshUse
     first_seen: float
-    endpoints: tuple
+    flow: np.void  # the record it was remembered from: its 5-tuple must match the rest's
 
 
 _CUT_SHORT = (int(EndReason.IDLE), int(EndReason.ACTIVE_TIMEOUT), int(EndReason.EVICTED))
@@ -266,7 +266,7 @@ class SshTunnelDetector:
                 if key not in self._remembered:
                     continue
                 prior = self._remembered.pop(key)
-                if prior.endpoints == _endpoints(recs[row]):  # the hash matched; so must the connection
+                if _endpoints(prior.flow) == _endpoints(recs[row]):  # the hash matched; so must the connection
                     self._inspect_continuation(view, row, prior, result)
         return result
 
@@ -292,14 +292,15 @@ class SshTunnelDetector:
             # a handshake and a login at most: nothing to classify beyond what the handshake showed
             verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
         else:
+            verdict = None
+        sizes = view.early_sequence(row)[0].tolist()
+        if verdict is None:
             conv = view.conversation(row)
-            sizes, _ = view.early_sequence(row)
-            verdict = classify(hs, measure(hs, conv, rec, [int(x) for x in sizes]), self.params) if conv else \
+            verdict = classify(hs, measure(hs, conv, rec, sizes), self.params) if conv else \
                 Verdict(SshUse.UNDETERMINED, 0.0, ())
         if int(rec["end_reason"]) in _CUT_SHORT:
-            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, _endpoints(rec)))
-        sizes, _ = view.early_sequence(row)
-        login = post_auth(hs, [int(x) for x in sizes]) if carrier is None else None
+            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, rec.copy()))
+        login = post_auth(hs, sizes) if carrier is None else None
         self._report(rec, row, hs, verdict, result, login)
 
     def _inspect_continuation(self, view: FlowView, row: int, prior: _Remembered, result: BatchResult) -> None:
@@ -315,7 +316,7 @@ class SshTunnelDetector:
             verdict = Verdict(prior.use, 0.8, ())
         verdict = Verdict(verdict.use, verdict.score, (note,) + verdict.evidence)
         if int(rec["end_reason"]) in _CUT_SHORT:
-            self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen, prior.endpoints))
+            self._remember(rec, _Remembered(hs, verdict.use, prior.first_seen, prior.flow))
         self._report(rec, row, hs, verdict, result)
 
     def _remember(self, rec: np.void, item: _Remembered) -> None:

@@ -6,6 +6,7 @@ Plain Python on a few kilobytes per SSH flow. Every string from the wire is retu
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -93,10 +94,15 @@ class KexInit:
 
     def hassh(self, client: bool) -> str:
         """HASSH (client) or HASSHServer: MD5 of kex;enc;mac;comp as sent (salesforce/hassh)."""
-        enc, mac, comp = (self.enc_c2s, self.mac_c2s, self.comp_c2s) if client else (
-            self.enc_s2c, self.mac_s2c, self.comp_s2c)
-        text = ";".join(",".join(x) for x in (self.kex, enc, mac, comp))
-        return hashlib.md5(text.encode("ascii", "backslashreplace")).hexdigest()
+        return _hassh(self, client)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hassh(k: KexInit, client: bool) -> str:
+    """HASSH of a KEXINIT, computed once per distinct one (a host's clients send the same lists again and again)."""
+    enc, mac, comp = (k.enc_c2s, k.mac_c2s, k.comp_c2s) if client else (k.enc_s2c, k.mac_s2c, k.comp_s2c)
+    text = ";".join(",".join(x) for x in (k.kex, enc, mac, comp))
+    return hashlib.md5(text.encode("ascii", "backslashreplace")).hexdigest()
 
 
 @dataclass

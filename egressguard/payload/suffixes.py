@@ -18,6 +18,8 @@ from typing import Iterable, NamedTuple
 import numpy as np
 from numba import njit
 
+from egressguard.policy.cache import cached_arrays
+
 MAX_NAME = 255  # RFC 1035 2.3.4: label bytes plus length bytes
 MAX_LABELS = 127  # each label takes at least 2 of those 255 bytes
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)  # FNV-1a, 64 bits (draft-eastlake-fnv)
@@ -259,7 +261,18 @@ def _psl_lines() -> Iterable[str]:
 
 @functools.cache
 def public_suffix_rules() -> PublicSuffixRules:
-    """The PSL, compiled on first use (about 10,000 rules; nothing is read at import)."""
+    """The PSL, compiled on first use (about 10,000 rules; nothing is read at import) and cached by its content
+    (policy/cache.py: compiling it takes 0.3-1 s, loading it a few ms)."""
+    from publicsuffixlist import PSLFILE  # the list the package ships
+
+    with open(PSLFILE, "rb") as f:
+        source = f.read()
+    arrays = cached_arrays("psl", source, _compile_rules)
+    suffixes = HashedSuffixes(*(arrays[name] for name in HashedSuffixes._fields))
+    return PublicSuffixRules(suffixes, arrays["kinds"], int(arrays["max_depth"]))
+
+
+def _compile_rules() -> dict[str, np.ndarray]:
     rules: set[str] = set()
     depth = 0
     for rule in _psl_lines():
@@ -277,7 +290,9 @@ def public_suffix_rules() -> PublicSuffixRules:
             kinds[rule[2:]] = kinds.get(rule[2:], 0) | WILDCARD
         elif rule.startswith(b"!"):
             kinds[rule[1:]] = kinds.get(rule[1:], 0) | EXCEPTION
-    return PublicSuffixRules(hash_suffixes(list(kinds)), np.array(list(kinds.values()), np.uint8), depth + 1)
+    hashed = hash_suffixes(list(kinds))
+    return {**hashed._asdict(), "kinds": np.array(list(kinds.values()), np.uint8),
+            "max_depth": np.array(depth + 1, np.int64)}
 
 
 def registered_domain_start(table, name_offsets: np.ndarray, rules: PublicSuffixRules | None = None) -> np.ndarray:

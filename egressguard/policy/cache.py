@@ -7,7 +7,8 @@ list files it read are checked by size and modification time before it is used. 
 `$EGRESSGUARD_CACHE_DIR` (default `$XDG_CACHE_HOME/egressguard` or `~/.cache/egressguard`), under `rules/`, and is
 read only from a directory that the current user owns and nobody else may write to (it holds pickles, like numba's
 cache). `EGRESSGUARD_RULES_CACHE=0` turns it off. Any problem with the cache means parsing the file again, never an
-error: the cache can only make loading faster.
+error: the cache can only make loading faster. `cached_arrays` keeps other compiled data (the Public Suffix List's
+hash tables) the same way, as numpy archives under `<kind>/` beside `rules/`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pickle
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -101,3 +103,29 @@ def store(path: Path, shown: str, data: bytes, allowlist, deps: list[str]) -> No
             os.unlink(tmp)  # type: ignore[possibly-undefined]
         except Exception:  # noqa: BLE001
             pass
+
+
+def cached_arrays(kind: str, source: bytes, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays compiled from `source` (e.g. the Public Suffix List), built by `build()` once and then loaded from the
+    cache, keyed by the source's content; without a usable cache they are built every time."""
+    directory = cache_dir()
+    key = hashlib.sha256(b"\0".join((str(CACHE_FORMAT).encode(), __version__.encode(), kind.encode(), source)))
+    path = directory.parent / kind / f"{key.hexdigest()}.npz" if directory is not None else None
+    if path is not None and _trusted(path.parent):
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
+        except Exception:  # noqa: BLE001 - a missing, damaged or foreign file only means building again
+            pass
+    arrays = build()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            if _trusted(path.parent):
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, **arrays)
+                os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 - not cached this time
+            pass
+    return arrays
