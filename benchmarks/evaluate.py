@@ -9,7 +9,7 @@ A folder holds captures and a labels.csv in one of two layouts:
   public: file,flow,server,expected_class,...       flow "TCP a:p -> b:p", "UDP a:* -> b:53 (...)",
                                                     "ICMP a <-> b (...)", or "*" (every other flow of the file)
 Classes: reverse_ssh_tunnel, ssh_tunnel_other, ssh_interactive, ssh_transfer, stratum, dns_tunnel, icmp_tunnel,
-unexpected_destination, benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the
+reverse_shell, unexpected_destination, benign. A labelled flow (or, for a row matching several flows, the row) is predicted as the
 class of its worst threat finding, else `unexpected_destination` when a policy finding covers it, else from the SSH
 use the detector assigned, else benign. Findings about more than one flow count for each flow they cover: a
 `dns_tunnel` finding (per sandbox and domain, often reported when the capture ends) covers every DNS flow from its
@@ -40,9 +40,9 @@ from egressguard.report.records import flow_fields  # noqa: E402
 from egressguard.policy.rules import load_rules  # noqa: E402
 
 FINDING_CLASS = {"reverse_ssh_tunnel": "reverse_ssh_tunnel", "ssh_tunnel": "ssh_tunnel_other", "mining": "stratum",
-                 "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel"}
+                 "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel", "reverse_shell": "reverse_shell"}
 POLICY_KINDS = {"unexpected_destination"}  # policy findings: scored only against a folder's own rules.toml
-SSH_USE_CLASS = {"interactive": "ssh_interactive", "file_transfer": "ssh_transfer"}
+SSH_USE_CLASS = {"interactive": "ssh_interactive", "file_transfer": "ssh_transfer", "command": "ssh_command"}
 SEVERITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 FLOW_SPEC = re.compile(r"^(?P<proto>TCP|UDP|ICMP)\s+(?P<a>\S+)\s+(?P<arrow>->|<->)\s+(?P<b>\S+)", re.I)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
+from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_opening
 from egressguard.flows.table import Conversation
 from egressguard.flows.view import FlowView
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
@@ -31,7 +32,18 @@ class SshUse(enum.StrEnum):
     TUNNEL = "tunnel"  # ssh -L, -D, VPN over SSH, SSH inside another protocol
     INTERACTIVE = "interactive"  # a person (or agent) typing into a shell
     FILE_TRANSFER = "file_transfer"  # scp, sftp, rsync, git: bulk one way
+    COMMAND = "command"  # a session that ran a command and ended (ssh host cmd, ansible, a CI step)
     UNDETERMINED = "undetermined"
+
+
+class TunnelUse(enum.StrEnum):
+    """What a tunnel carries (the `tunnel_use` field of the `ssh` object), as far as the shape tells."""
+
+    PARKED = "parked"  # held open, nothing carried yet: a door left open
+    PULL = "pull"  # bulk data out of the sandbox on requests from outside (files pulled through it)
+    SERVICE = "service"  # short requests from outside answered by the sandbox (a service inside used from outside)
+    SHELL = "shell"  # keystrokes from outside echoed by the sandbox
+    FORWARD = "forward"  # connections from the sandbox carried out (-L, -D, -J, VPN)
 
 
 @dataclass(frozen=True)
@@ -81,13 +93,15 @@ class SshSignals:
     answered_fwd: int  # bursts in which the sandbox side asked briefly and got bulk data back
     answered_rev: int  # bursts in which the remote side asked briefly and the sandbox side answered in bulk
     login: PostAuth
+    opening: Opening | None = None  # the login and the first requests after it (ssh_opening.py)
 
 
 def _echo_count(conv: Conversation, leader: int, sizes: set[int]) -> int:
     return sum(conv.echoes(leader, s) for s in sizes)
 
 
-def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: list[int]) -> SshSignals:
+def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: list[int],
+            early_times_s: list[float] | None = None) -> SshSignals:
     """Read the signals of one SSH flow from its conversation shape and flow counters."""
     k1 = hs.keystroke_size()
     k2 = set(hs.tunnelled_keystroke_sizes())
@@ -111,6 +125,7 @@ def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: lis
         bytes_fwd=int(rec["orig_payload_bytes"]), bytes_rev=int(rec["resp_payload_bytes"]),
         answered_fwd=conv.answered[ORIG], answered_rev=conv.answered[RESP],
         login=post_auth(hs, early_sizes),
+        opening=read_opening(hs, early_sizes, early_times_s) if early_times_s is not None else None,
     )
 
 
@@ -119,14 +134,30 @@ class Verdict:
     use: SshUse
     score: float
     evidence: tuple[str, ...]
+    tunnel_use: TunnelUse | None = None
 
 
 def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict:
     """Decide what an SSH flow is used for; evidence sentences carry the measured values."""
+    op = sig.opening
     rev: list[tuple[float, str]] = []
     if not hs.client_is_orig:
         rev.append((0.95, "the side that opened the TCP connection answered as the SSH server (it sent the "
                           "key-exchange reply): a reverse connection, the outside host drives a shell on this side"))
+    if op is not None and op.forward_request is not None:
+        reply = (f", which the server granted (a {op.forward_reply} B request-success)" if op.forward_reply
+                 else "")
+        rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
+                          f"back to it (a {op.forward_request} B 'tcpip-forward' request{reply}: ssh -R)"))
+    elif op is None and sig.login.forward_request:
+        rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
+                          f"back to it (a {sig.login.forward_request} B 'tcpip-forward' request: ssh -R)"))
+    server_opens = [o for o in op.opens if not o.by_client and o.kind == "tcp"] if op is not None else []
+    if server_opens:
+        sizes = "/".join(sorted({str(o.size) for o in server_opens}))
+        rev.append((0.85, f"the remote side opened {len(server_opens)} channel(s) of a forwarded connection's size "
+                          f"({sizes} B) that the sandbox side confirmed within "
+                          f"{int(1000 * SANDBOX_REPLY_S)} ms: connections from outside carried into the sandbox"))
     # without a size model (unknown cipher, SSH-1) echoes of any small size are much weaker evidence
     min_echo = p.min_echo_pairs if sig.keystroke is not None else p.min_echo_pairs_unmodelled
     echo_rev_ok = sig.echo_rev >= min_echo and sig.echo_rev >= p.echo_dominance * max(sig.echo_fwd, 1)
@@ -142,10 +173,8 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if sig.nested_rev:
         rev.append((0.85, f"{sig.nested_rev} time(s) the remote side opened a burst with a bulk exchange in both "
                           f"directions: a new connection (handshake) started from outside and carried inside"))
-    if sig.login.forward_request:
-        rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
-                          f"back to it (a {sig.login.forward_request} B 'tcpip-forward' request: ssh -R)"))
-    if sig.answered_rev >= p.min_answers and sig.answered_rev > sig.answered_fwd:
+    answered_rev = sig.answered_rev >= p.min_answers and sig.answered_rev > sig.answered_fwd
+    if answered_rev:
         rev.append((0.7, f"{sig.answered_rev} times the remote side sent a short request and the sandbox side "
                          f"answered with bulk data: a service inside the sandbox is used from outside"))
     # supporting evidence only: a server that pushes (tail -f, notifications) also speaks first, and an upload
@@ -160,9 +189,18 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if rev:
         if held:
             rev.append((0.3, held))
-        return Verdict(SshUse.REVERSE_TUNNEL, _combine(rev), tuple(text for _, text in rev))
+        use = _reverse_use(sig, p, echo_rev_ok, answered_rev)
+        if use is TunnelUse.PARKED:
+            rev.append((0.0, "nothing has been carried through it yet: a parked tunnel, a door left open for later"))
+        return Verdict(SshUse.REVERSE_TUNNEL, _combine(rev), tuple(text for _, text in rev), use)
 
     fwd: list[tuple[float, str]] = []
+    client_opens = [o for o in op.opens if o.by_client and o.kind == "tcp"] if op is not None else []
+    if client_opens and not op.session:
+        sizes = "/".join(sorted({str(o.size) for o in client_opens}))
+        fwd.append((0.8, f"with no shell session, the sandbox side opened {len(client_opens)} channel(s) of a "
+                         f"forwarded connection's size ({sizes} B) that the server confirmed: connections from the "
+                         f"sandbox carried out through SSH (-L, -D or -J)"))
     plain_fwd = sig.echo_fwd - sig.tunnel_echo_fwd
     if sig.tunnel_echo_fwd >= p.min_tunnel_echo_pairs and sig.tunnel_echo_fwd >= 2 * plain_fwd:
         sizes = "/".join(str(s) for s in sig.tunnel_keystrokes)
@@ -172,7 +210,7 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
         fwd.append((0.7, f"{sig.nested_fwd} time(s) the sandbox side opened a burst with a bulk exchange in both "
                          f"directions: a new connection started inside the SSH connection (-L, -D or -J)"))
     if fwd:
-        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd))
+        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd), TunnelUse.FORWARD)
     total = sig.bytes_fwd + sig.bytes_rev
     if sig.echo_fwd < p.interactive_echo_pairs and total and max(sig.bytes_fwd, sig.bytes_rev) >= p.transfer_min_bytes and \
             max(sig.bytes_fwd, sig.bytes_rev) >= p.transfer_share * total:
@@ -182,14 +220,33 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if sig.echo_fwd >= p.min_echo_pairs and sig.keystroke is not None:
         return Verdict(SshUse.INTERACTIVE, 0.0, (f"{sig.echo_fwd} keystrokes from the sandbox side echoed by the "
                                                  f"remote side",))
-    if sig.login.no_session and sig.answered_fwd >= 1 and sig.answered_fwd >= sig.answered_rev:
+    no_session = sig.login.no_session if op is None or op.auth_success is None else (
+        op.no_more_sessions and not op.session)
+    if no_session and sig.answered_fwd >= 1 and sig.answered_fwd >= sig.answered_rev:
         fwd.append((0.7, f"with no shell session (ssh -N), the sandbox side sent {sig.answered_fwd} short requests "
                          f"answered with bulk data through the connection: a port forward (-L) or SOCKS proxy (-D)"))
-    elif sig.login.no_session and held:
+    elif no_session and held:
         fwd.append((0.5, "ssh -N: no session was opened; " + held))
     if fwd:
-        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd))
+        return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd), TunnelUse.FORWARD)
+    if op is not None and op.session and total < p.transfer_min_bytes:
+        return Verdict(SshUse.COMMAND, 0.0, ("a session was opened right after login and little was typed: a "
+                                             "command run over SSH",))
     return Verdict(SshUse.UNDETERMINED, 0.0, ())
+
+
+def _reverse_use(sig: SshSignals, p: Params, typed: bool, answered: bool) -> TunnelUse:
+    """What a reverse tunnel carries: typing from outside, a service, files pulled, or nothing yet."""
+    if typed:
+        return TunnelUse.SHELL
+    total = sig.bytes_fwd + sig.bytes_rev
+    if sig.bytes_fwd >= p.transfer_min_bytes and sig.bytes_fwd >= p.transfer_share * total:
+        return TunnelUse.PULL
+    if answered or (sig.opening is not None and any(not o.by_client for o in sig.opening.opens)):
+        return TunnelUse.SERVICE
+    if sig.opening is not None and sig.opening.quiet_after:
+        return TunnelUse.PARKED
+    return TunnelUse.SERVICE if sig.answered_rev else TunnelUse.PARKED
 
 
 def _held_open(sig: SshSignals, p: Params) -> str | None:
@@ -293,10 +350,11 @@ class SshTunnelDetector:
             verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
         else:
             verdict = None
-        sizes = view.early_sequence(row)[0].tolist()
+        early, micros = view.early_sequence(row)
+        sizes, times_s = early.tolist(), (micros / 1e6).tolist()
         if verdict is None:
             conv = view.conversation(row)
-            verdict = classify(hs, measure(hs, conv, rec, sizes), self.params) if conv else \
+            verdict = classify(hs, measure(hs, conv, rec, sizes, times_s), self.params) if conv else \
                 Verdict(SshUse.UNDETERMINED, 0.0, ())
         if int(rec["end_reason"]) in _CUT_SHORT:
             self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, rec.copy()))
@@ -332,6 +390,8 @@ class SshTunnelDetector:
             "client_banner": hs.client.banner, "server_banner": hs.server.banner,
             "hassh": hs.hassh(), "hassh_server": hs.hassh_server(), "cipher": hs.cipher, "mac": hs.mac,
             "auth": auth,  # inferred from record sizes (Zeek's method, detection-science 1.5); null when unknown
+            "client_software": software(hs.client.banner), "server_software": software(hs.server.banner),
+            "tunnel_use": None if verdict.tunnel_use is None else str(verdict.tunnel_use),
         }
         result.annotate(row, app="ssh", ssh_use=str(verdict.use), ssh=ssh_info)
         if verdict.use not in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL):
@@ -354,6 +414,29 @@ def _endpoints(rec: np.void) -> tuple:
     a = (int(rec["orig_hi"]), int(rec["orig_lo"]), int(rec["orig_port"]))
     b = (int(rec["resp_hi"]), int(rec["resp_lo"]), int(rec["resp_port"]))
     return (int(rec["proto"]),) + (a + b if a <= b else b + a)
+
+
+# Software names in identification strings (RFC 4253 4.2: SSH-protoversion-softwareversion SP comments), by the
+# prefix each implementation sends (carriers-and-implementations 1.1)
+SOFTWARE_PREFIXES = (("OpenSSH_", "OpenSSH"), ("dropbear_", "Dropbear"), ("dropbear", "Dropbear"),
+                     ("PuTTY", "PuTTY"), ("paramiko_", "Paramiko"), ("AsyncSSH_", "AsyncSSH"),
+                     ("libssh_", "libssh"), ("libssh2_", "libssh2"), ("Go", "Go x/crypto/ssh"),
+                     ("ssh2js", "ssh2 (Node.js)"), ("JSCH", "JSch"), ("WinSCP", "WinSCP"), ("Cisco", "Cisco"),
+                     ("RomSShell", "RomSShell"), ("ROSSSH", "MikroTik"), ("Sun_SSH", "Sun SSH"))
+
+
+def software(banner: str | None) -> str | None:
+    """The implementation an SSH identification string names ("OpenSSH 9.2p1"), or its raw software field."""
+    if not banner or not banner.startswith("SSH-"):
+        return None
+    field = banner.split("-", 2)[2] if banner.count("-") >= 2 else ""
+    field = field.split(" ", 1)[0]
+    for prefix, name in SOFTWARE_PREFIXES:
+        if field.startswith(prefix):
+            version = field[len(prefix):].lstrip("_-") if prefix.endswith("_") or prefix in ("Go",) else \
+                field[len(prefix):].lstrip("_-")
+            return f"{name} {version}".strip() if version else name
+    return field[:64] or None
 
 
 def _banner(hs: SshHandshake) -> str:

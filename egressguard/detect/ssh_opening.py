@@ -1,0 +1,253 @@
+"""What the first encrypted packets of an SSH connection say, read from their sizes, order and direction.
+
+After the login every request a client makes and every channel either side opens has a size that the negotiated
+record model predicts (carriers-and-implementations 1.2-1.3), but many sizes collide (a `tcpip-forward ""`, a
+keepalive and a session open share one size in every suite), and TCP coalesces packets. So nothing here trusts a
+single size: a request is a forward request when it is the client's first word after the login *and* the server
+answers it with a request-success; a channel open is a packet the other side answers with an open confirmation;
+the side that opens a channel is the side that uses the connection. Sizes are read from the early payload
+sequence (the first payload packets of the flow, signed +client / -server).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egressguard.payload.ssh import RecordModel, SshHandshake, record_model
+
+# Payload sizes p of the messages read here (RFC 4252, 4253, 4254; OpenSSH PROTOCOL)
+SERVICE = 1 + 4 + 12  # SERVICE_REQUEST / SERVICE_ACCEPT "ssh-userauth"
+SUCCESS = 1  # USERAUTH_SUCCESS, REQUEST_SUCCESS / REQUEST_FAILURE without a port
+SUCCESS_PORT = 5  # REQUEST_SUCCESS with the port the server chose
+IGNORE = 1 + 4  # SSH_MSG_IGNORE with an empty string (asyncssh before requests, PuTTY's keepalive)
+TCPIP_FORWARD = 1 + 4 + 13 + 1 + 4 + 4  # GLOBAL_REQUEST "tcpip-forward" + bind address (its length added) + port
+BIND_MAX = 45  # bind addresses sent: "", "localhost", "0.0.0.0", "127.0.0.1", an IPv6 literal, a host name
+COMMON_BINDS = (0, 1, 2, 3, 7, 9)  # "", "*", "::", "::1", "0.0.0.0", "localhost" / "127.0.0.1" (OpenSSH, dropbear, PuTTY)
+KEEPALIVE = 1 + 4 + 21 + 1  # GLOBAL_REQUEST "keepalive@openssh.com"
+NO_MORE_SESSIONS = 1 + 4 + 28 + 1  # GLOBAL_REQUEST "no-more-sessions@openssh.com" (OpenSSH's client, want_reply 0)
+CHANNEL_KEEPALIVE = 1 + 4 + 4 + 21 + 1  # CHANNEL_REQUEST "keepalive@openssh.com" (sshd ClientAliveInterval): the
+# largest keepalive; paramiko's keepalive@lag.net (23), PuTTY's empty IGNORE (5) and the replies are smaller
+SESSION_OPEN = 1 + 4 + 7 + 4 + 4 + 4  # CHANNEL_OPEN "session"
+OPEN_CONFIRMATION = 1 + 4 + 4 + 4 + 4  # CHANNEL_OPEN_CONFIRMATION
+# CHANNEL_OPEN "direct-tcpip" (client: -L, -D, -J) and "forwarded-tcpip" (server: -R) carry two addresses and ports:
+# p = 49 + len(host) + len(originator address), resp. 52 + ...; up to a 255-byte name and an IPv6 originator
+TCP_OPEN_MIN, TCP_OPEN_MAX = 49, 52 + 255 + 39
+# Suites a connection is tried against when its KEXINITs could not be read whole (asyncssh's is over 2 KB): the
+# defaults of the common implementations (carriers-and-implementations 1.1)
+COMMON_SUITES = (
+    ("chacha20-poly1305@openssh.com", ""), ("aes128-gcm@openssh.com", ""), ("aes128-ctr", "hmac-sha2-256"),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"), ("aes128-ctr", "umac-64-etm@openssh.com"),
+    ("aes128-ctr", "hmac-sha2-512"), ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"), ("aes128-ctr", "hmac-sha1"),
+)
+OPENING_GAP_S = 1.0  # the login's own exchange ends at the first second of silence
+AUTH_WINDOW = 24  # packets after the service accept in which the login ends (a few methods tried, each 2-4 packets)
+PROBE_MAX = 64  # payload of the largest request a success cannot answer ("none" with a long user name)
+BULK_SEGMENT = 1400  # a segment this large is data (full-sized TCP segments are ~1448 B): the login is over
+SANDBOX_REPLY_S = 0.05  # the sandbox side's program confirms a channel within this (measured: under 5 ms)
+ANSWER_GAP_S = 0.2  # a pause that ends one side's answer
+
+
+@dataclass(frozen=True)
+class ChannelOpen:
+    """A channel one side opened and the other confirmed."""
+
+    by_client: bool
+    size: int  # wire size of the open
+    kind: str  # "session", "tcp" (direct-tcpip from the client, forwarded-tcpip from the server), "other"
+    at: float  # seconds after the flow's start
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What the login and the first requests after it show (None where it could not be told)."""
+
+    model: RecordModel | None  # the record model the sizes were read with
+    model_inferred: bool  # the KEXINITs could not be read whole: the model was chosen by the login's sizes
+    compressed: bool  # zlib@openssh.com: sizes after the login are compressed, only the shape can be read
+    auth_success: bool | None
+    forward_request: int | None  # wire size of a 'tcpip-forward' request answered by the server
+    forward_reply: int | None  # wire size of the server's request-success
+    no_more_sessions: bool  # OpenSSH's `ssh -N`: 'no-more-sessions' sent right after the login
+    session: bool  # the client's first request opened a session (a shell, a command, sftp, scp, git)
+    opens: tuple[ChannelOpen, ...]  # channels opened after the login, in order
+    login_at: float | None  # seconds after the flow's start when the login succeeded
+    quiet_after: bool  # after the login's own exchange, only keepalive-sized packets (or silence) follow
+
+
+def _sizes(model: RecordModel, payloads) -> set[int]:
+    """Wire sizes of these payloads: with minimal padding, and with the padding some implementations add so that a
+    packet is at least 16 bytes (dropbear; RFC 4253 6) or one more block (PuTTY)."""
+    out = set()
+    for p in payloads:
+        out.add(model.size(p))
+        # at least 16 bytes before the MAC: padding_length, payload and padding (plus the length when it is padded)
+        out.add(model.size(max(p, 11 if model.length_outside else 7)))
+    return out
+
+
+
+
+def read_opening(hs: SshHandshake, sizes: list[int], times_s: list[float]) -> Opening:
+    """Read the opening of one SSH connection from its early payload sequence (`sizes` signed +orig / -resp,
+    `times_s` seconds after the flow's start)."""
+    sign = 1 if hs.client_is_orig else -1
+    seq = [sign * s for s in sizes]  # + client, - server
+    compressed = hs.compression not in (None, "none")
+    model, inferred = hs.model, False
+    if model is None and hs.cipher is not None and hs.mac is not None:
+        model = record_model(hs.cipher, "" if hs.mac == "<implicit>" else hs.mac)  # compression: login sizes
+    login = _login(model, seq) if model is not None else None
+    if login is None:
+        for cipher, mac in COMMON_SUITES:
+            candidate = record_model(cipher, mac)
+            login = _login(candidate, seq)
+            if login is not None:
+                model, inferred = candidate, True
+                break
+    if login is None or model is None:
+        return Opening(model, inferred, compressed, None, None, None, False, False, (), None, False)
+    accept_at, success_at = login
+    if success_at is None:
+        failed = len(seq) > accept_at + 6  # the login went on and no success came
+        return Opening(model, inferred, compressed, False if failed else None, None, None, False, False, (), None,
+                       False)
+    after = list(range(success_at + 1, len(seq)))
+    forward, reply = (None, None) if compressed else _forward_request(model, seq, after)
+    nms = not compressed and model.size(NO_MORE_SESSIONS) != model.size(SESSION_OPEN) and any(
+        seq[k] == model.size(NO_MORE_SESSIONS) for k in _client(seq, after)[:3])
+    session = not compressed and _session_first(model, seq, times_s, after)
+    opens = () if compressed else _channel_opens(model, seq, times_s, after)
+    if session and forward is None:  # channels on a session's connection are the session's data: not opens
+        opens = tuple(o for o in opens if o.kind == "session")
+    return Opening(model, inferred, compressed, True, forward, reply, nms, session, opens, times_s[success_at],
+                   _quiet_after(model, seq, times_s, after, compressed))
+
+
+def _login(model: RecordModel, seq: list[int]) -> tuple[int, int | None] | None:
+    """(index of the server's SERVICE_ACCEPT, index of its USERAUTH_SUCCESS or None), when the sizes fit.
+
+    The accept is the first server packet of its size that the client answers. Failures, IGNOREs and the answer
+    to a public-key query can take a success's size, so the success is the success-sized answer to the client's
+    largest authentication request (a signed public-key request, or a password OpenSSH pads to 64 bytes), among
+    the packets before the first full-sized segment (bulk data comes only after the login)."""
+    accept, success = _sizes(model, (SERVICE,)), _sizes(model, (SUCCESS,))
+    i = next((k for k, s in enumerate(seq) if -s in accept and any(x > 0 for x in seq[k + 1:k + 3])), None)
+    if i is None:
+        return None
+    end = next((k for k in range(i + 1, len(seq)) if abs(seq[k]) >= BULK_SEGMENT), len(seq))
+    probe = model.size(PROBE_MAX)
+    best, best_request = None, probe
+    for k in range(i + 1, min(end, i + AUTH_WINDOW)):
+        if -seq[k] not in success:
+            continue
+        request = next((seq[m] for m in range(k - 1, i, -1) if seq[m] > 0), 0)
+        if request > best_request:
+            best, best_request = k, request
+    return i, best
+
+
+def _client(seq: list[int], indices) -> list[int]:
+    return [k for k in indices if seq[k] > 0]
+
+
+def _forward_request(model: RecordModel, seq: list[int], after: list[int]) -> tuple[int | None, int | None]:
+    """The client's first word after the login, when it is a 'tcpip-forward' request (ssh -R).
+
+    The server's first answers tell: an open confirmation means it was a channel open; a request-success means a
+    global request with a reply, which right after the login is a forward request (keepalives come later). Without
+    either (sshd may send its host keys in the same segment as the success), only a size shared with no other early
+    request, for one of the common bind addresses, counts."""
+    ignore = _sizes(model, (IGNORE,))
+    client = [k for k in _client(seq, after) if seq[k] not in ignore]  # asyncssh sends an IGNORE before requests
+    if not client:
+        return None, None
+    k = client[0]
+    size = seq[k]
+    if size not in _sizes(model, range(TCPIP_FORWARD, TCPIP_FORWARD + BIND_MAX + 1)):
+        return None, None
+    confirm, replies = _sizes(model, (OPEN_CONFIRMATION,)), _sizes(model, (SUCCESS, SUCCESS_PORT))
+    answers = [-seq[m] for m in after if m > k and seq[m] < 0][:2]
+    if any(a in confirm for a in answers):
+        return None, None  # a channel the server confirmed: a session or a direct-tcpip open
+    reply = next((a for a in answers if a in replies), None)
+    if reply is None:
+        shared = _sizes(model, (KEEPALIVE, NO_MORE_SESSIONS, SESSION_OPEN, 23))  # 23: paramiko's keepalive@lag.net
+        if size in shared or size not in _sizes(model, [TCPIP_FORWARD + n for n in COMMON_BINDS]):
+            return None, None
+    return size, reply
+
+
+def _answer_burst(seq: list[int], times_s: list[float], after: list[int], k: int) -> list[int]:
+    """The server's answer to the client's packet k: its packets after k, up to the first pause of ANSWER_GAP_S or
+    the client's next packet."""
+    out = []
+    for m in (m for m in after if m > k):
+        if seq[m] > 0 or (out and times_s[m] - times_s[out[-1]] > ANSWER_GAP_S):
+            break
+        out.append(m)
+    return out
+
+
+def _session_first(model: RecordModel, seq: list[int], times_s: list[float], after: list[int]) -> bool:
+    """The client's first request after the login opened a session channel (alone, or in one segment with
+    OpenSSH's 'no-more-sessions'): the server confirmed it, or the client went on at once (within SANDBOX_REPLY_S
+    of the server's answer, sshd's host keys may hide the confirmation) with the session's requests."""
+    ignore = _sizes(model, (IGNORE,))
+    client = [k for k in _client(seq, after) if seq[k] not in ignore]
+    if not client:
+        return False
+    k = client[0]
+    session = _sizes(model, (SESSION_OPEN,))
+    if seq[k] not in session | {s + n for s in session for n in _sizes(model, (NO_MORE_SESSIONS,))}:
+        return False
+    confirm, replies = _sizes(model, (OPEN_CONFIRMATION,)), _sizes(model, (SUCCESS, SUCCESS_PORT))
+    answers = _answer_burst(seq, times_s, after, k)
+    if answers and -seq[answers[0]] in replies:
+        return False  # a request-success: the request was a global one ('tcpip-forward'), not an open
+    if any(-seq[m] in confirm for m in answers):
+        return True
+    if not answers or len(client) < 2:
+        return False
+    return 0 <= times_s[client[1]] - times_s[answers[-1]] <= SANDBOX_REPLY_S
+
+
+def _channel_opens(model: RecordModel, seq: list[int], times_s: list[float], after: list[int]) -> tuple:
+    """Channels opened after the login: a packet of an open's size that the other side answers, as its next
+    packet, with an open confirmation. Where the sandbox is the one confirming (a channel the remote side opened),
+    the confirmation leaves within SANDBOX_REPLY_S: the capture point is at the sandbox, and a program answers at
+    once where a person (a keystroke after output) does not."""
+    confirm = _sizes(model, (OPEN_CONFIRMATION,))
+    session = _sizes(model, (SESSION_OPEN,))
+    tcp = _sizes(model, range(TCP_OPEN_MIN, TCP_OPEN_MAX + 1))
+    first_client = next((k for k in after if seq[k] > 0), None)
+    out = []
+    for n, k in enumerate(after):
+        s = seq[k]
+        # a session is the client's first channel, right after the login; servers open no sessions
+        is_session = s > 0 and k == first_client and s in session
+        if not is_session and abs(s) not in tcp:
+            continue
+        answers = [m for m in after[n + 1:] if (seq[m] > 0) != (s > 0)][:2]  # an IGNORE may come first
+        answer = next((m for m in answers if abs(seq[m]) in confirm), None)
+        if answer is None:
+            continue
+        if s < 0 and times_s[answer] - times_s[k] > SANDBOX_REPLY_S:
+            continue
+        kind = "session" if is_session else "tcp"
+        out.append(ChannelOpen(s > 0, abs(s), kind, times_s[k]))
+    return tuple(out)
+
+
+def _quiet_after(model: RecordModel, seq: list[int], times_s: list[float], after: list[int],
+                 compressed: bool) -> bool:
+    """After the login's own exchange (up to the first second of silence), only keepalive-sized packets follow, or
+    nothing at all: a parked connection."""
+    later = []
+    for n in range(1, len(after)):
+        if times_s[after[n]] - times_s[after[n - 1]] >= OPENING_GAP_S:
+            later = after[n:]
+            break
+    small = model.size(CHANNEL_KEEPALIVE) + (2 * model.block if compressed else 0)
+    return all(abs(seq[k]) <= small for k in later)
+
+
+__all__ = ["ChannelOpen", "Opening", "read_opening"]
