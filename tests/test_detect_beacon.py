@@ -67,8 +67,18 @@ def test_poisson_connections_are_not_a_beacon(tmp_path):
 
 def test_three_connections_are_too_few(tmp_path):
     """RITA's threshold: at least 4 check-ins (3 intervals)."""
-    assert run(capture_with(tmp_path, lambda cap: connections(cap, [0, 60, 120], C2, 443))) == []
-    assert len(run(capture_with(tmp_path, lambda cap: connections(cap, [0, 60, 120, 180], C2, 443)))) == 1
+    assert run(capture_with(tmp_path, lambda cap: connections(cap, [0, 300, 600], C2, 443))) == []
+    assert len(run(capture_with(tmp_path, lambda cap: connections(cap, [0, 300, 600, 900], C2, 443)))) == 1
+
+
+def test_a_scripts_loop_is_no_rhythm(tmp_path):
+    """Fetches every 2-3 s for a minute (a script's loop, issue 12 point 7): under the 10-minute span, nothing; the
+    same rhythm kept up for 15 minutes is a beacon."""
+    rng = np.random.default_rng(7)
+    short = np.cumsum(rng.uniform(2.2, 2.6, 25))
+    assert run(capture_with(tmp_path, lambda cap: connections(cap, short, C2, 443))) == []
+    long = np.cumsum(rng.uniform(54, 66, 16))
+    assert len(run(capture_with(tmp_path, lambda cap: connections(cap, long, C2, 443)))) == 1
 
 
 def test_parallel_connections_in_one_second_are_one_checkin(tmp_path):
@@ -85,15 +95,21 @@ def test_a_beacon_is_reported_once_across_batches_and_again_only_when_worse(tmp_
     assert severities and severities == sorted(set(severities))  # each one worse than the one before
 
 
-def test_allowed_destination_is_reported_one_level_lower(tmp_path):
+def test_allowed_destination_gets_its_rhythm_annotated_not_a_finding(tmp_path):
+    """A health check every 60 s to an allowed monitoring host: the flow records say so, nobody is alarmed."""
     starts = np.arange(0, 60 * 40, 60.0)
     path = capture_with(tmp_path, lambda cap: connections(cap, starts, C2, 443))
-    plain = run(path)
+    assert len(run(path)) == 1
     rules = parse_rules('version = 1\n[[allow]]\nname = "telemetry"\ncidrs = ["203.0.113.0/24"]\n')
-    allowed = run(path, rules)
-    assert len(plain) == len(allowed) == 1
-    assert int(allowed[0].severity) == max(1, int(plain[0].severity) - 1)
-    assert any("the rules allow this destination" in e and "telemetry" in e for e in allowed[0].evidence)
+    assert run(path, rules) == []
+    detector = BeaconDetector(DetectorContext.build(rules))
+    detector.start("c")
+    notes = []
+    for event in Analyzer(detectors=[]).analyze(path):
+        if isinstance(event, FlowsReady):
+            notes += [a["rhythm"] for a in detector.inspect(event.view).annotations.values() if "rhythm" in a]
+    assert notes and "telemetry" in notes[-1]["allowed_by"] and notes[-1]["scope"] == "connections"
+    assert 59 <= notes[-1]["interval_s"] <= 61 and notes[-1]["kind"] == "beacon"
 
 
 # ---------------------------------------------------------------- services that poll by design

@@ -18,9 +18,11 @@ detector's), NTP (udp 123 with NTP-sized packets, RFC 5905: clients poll every 6
 NetBIOS and ICMP (ping; ICMP tunnels are the icmp_tunnel detector's). Keepalive-sized bursts (MQTT PINGREQ,
 WebSocket and HTTP/2 pings, SSH ServerAliveInterval) are periodic too: bursts inside a flow that average under
 `keepalive_bytes` are reported at low severity only, and only from `min_flow_span_s` (10 min, the first Zeek
-long-connections notice) on. A destination the rules allow by address (an allow CIDR or class) or by a name the
-sandbox's DNS answers bound to it stays periodic, and is still reported (RITA users asked for that, rita-legacy
-issue 713), one severity level lower, with a sentence saying which rule allows it.
+long-connections notice) on. Connection starts are judged only over a span of at least `min_span_s` (the same
+10 min): a script's loop that fetches every few seconds for a minute is no rhythm. A destination the rules allow by
+address (an allow CIDR or class) or by a name the sandbox's DNS answers bound to it is not a finding: its flow
+records get a `rhythm` object instead (a monitoring agent's health check, a server-sent-events stream), which
+keeps what RITA users asked to see (rita-legacy issue 713) without an alarm.
 """
 from __future__ import annotations
 
@@ -60,6 +62,9 @@ class Params:
     min_connections: int = 4  # RITA unique_connection_threshold (check-ins), judged when the capture ends
     inspect_connections: int = 10  # judged before the end from this many on (an early verdict cannot be taken back)
     min_intervals: int = 3  # RITA: at least 3 non-zero intervals
+    # ... over at least this span: Zeek's long-connections package notices first at 10 min (RITA itself looks at a
+    # day and wants 6 hours of it for its duration score); shorter series are a script's loop, not a rhythm
+    min_span_s: float = 600.0
     same_checkin_s: float = 1.0  # starts closer than this are one check-in (RITA's timestamps are whole seconds)
     report_beacon: float = 0.7  # RITA's "low" beacon threshold (its base, 50 %, lets Poisson traffic of one size in)
     # and the intervals themselves must be regular: their CV at most max_cv (the mining detector's M5 rhythm rule),
@@ -173,6 +178,7 @@ class BeaconDetector:
         self.open_evicted = 0
         self._span = [0, 0]  # capture time seen: earliest first_seen, latest last_seen (ns)
         self._due: list[int] = []  # pair slots with enough check-ins to be judged at the end of this batch
+        self._row_of: dict[int, int] = {}  # pair slot -> its latest row in the batch being inspected
 
     # ---- Detector protocol
     def start(self, capture: str) -> None:
@@ -186,6 +192,7 @@ class BeaconDetector:
         if not len(recs):
             return result
         rows = self._judged_rows(recs)
+        self._row_of = {}
         if not len(rows):
             return result
         first, last = int(recs["first_seen_ns"][rows].min()), int(recs["last_seen_ns"][rows].max())
@@ -251,6 +258,7 @@ class BeaconDetector:
             p.last_ns[slot[last_ci]] = np.maximum(p.last_ns[slot[last_ci]], t[last_ci])
         latest = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
         touched = slot[latest]
+        self._row_of = dict(zip(touched.tolist(), idx[order[latest]].tolist()))
         p.dirty[touched] = True
         repeat = p.checkins[touched] >= 2  # a pair seen once cannot be reported yet: no record copy for it
         p.latest[touched[repeat]] = recs[idx[order[latest[repeat]]]]
@@ -266,6 +274,8 @@ class BeaconDetector:
             gaps = measure_rhythm(p.gap_hist[s], PAIR_GAP_EDGES_S, int(p.gap[s, 0]), p.gap[s, 1], p.gap[s, 2])
             sent = measure_rhythm(p.sent_hist[s], PAIR_SIZE_EDGES_B, int(p.sent[s, 0]), p.sent[s, 1], p.sent[s, 2])
             covered = (p.last_ns[s] - p.first_ns[s]) / 1e9
+            if covered < prm.min_span_s:
+                continue
             beacon, parts = beacon_score(gaps, sent, min(1.0, covered / span_s))
             if beacon < prm.report_beacon or gaps.median < prm.same_checkin_s or not self._regular(gaps):
                 continue
@@ -279,7 +289,7 @@ class BeaconDetector:
                                   "bytes_sent": round(sent.median, 1), "score": beacon,
                                   "parts": [round(x, 3) for x in parts]}}
             self._emit(FindingKind.BEACON, rita_bucket(beacon, BEACON_BUCKETS), rec, evidence, details, result,
-                       lambda sev: _store(p.reported, s, sev), int(p.reported[s]))
+                       lambda sev: _store(p.reported, s, sev), int(p.reported[s]), self._row_of.get(s))
 
     def _regular(self, gaps: Rhythm) -> bool:
         prm = self.params
@@ -298,11 +308,11 @@ class BeaconDetector:
             return
         sub = recs[rows]
         mean_b, sd_b = burst_bytes(sub)
-        for i in range(len(sub)):
+        for i, row in enumerate(rows.tolist()):
             rec = sub[i]
             conn = self._connection(rec, float(mean_b[i]), float(sd_b[i]))
-            self._judge_bursts(rec, conn, result)
-            self._judge_long(rec, conn, result)
+            self._judge_bursts(rec, conn, result, row)
+            self._judge_long(rec, conn, result, row)
 
     def _judge_pairs_due(self, result: BatchResult) -> None:
         if self._due:
@@ -335,7 +345,7 @@ class BeaconDetector:
                 self.open_evicted += 1
         return conn
 
-    def _judge_bursts(self, rec: np.void, conn: dict, result: BatchResult) -> None:
+    def _judge_bursts(self, rec: np.void, conn: dict, result: BatchResult, row: int | None = None) -> None:
         prm = self.params
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
         n_gaps, mean_gap, _ = conn["gaps"]
@@ -364,9 +374,9 @@ class BeaconDetector:
                               "bytes_per_burst": round(sizes.mean, 1), "keepalive_sized": keepalive,
                               "score": beacon, "parts": [round(x, 3) for x in parts]}}
         self._emit(FindingKind.BEACON, score, out, evidence, details, result,
-                   lambda sev: conn["reported"].__setitem__("beacon", sev), conn["reported"].get("beacon", 0))
+                   lambda sev: conn["reported"].__setitem__("beacon", sev), conn["reported"].get("beacon", 0), row)
 
-    def _judge_long(self, rec: np.void, conn: dict, result: BatchResult) -> None:
+    def _judge_long(self, rec: np.void, conn: dict, result: BatchResult, row: int | None = None) -> None:
         span_s = (conn["last_ns"] - conn["first_ns"]) / 1e9
         if span_s < self.params.long_connection_s:
             return
@@ -381,18 +391,21 @@ class BeaconDetector:
                     "long-connections package notices at 1 h and again at 12 h"]
         details = {"long_connection": {"duration_s": round(span_s, 3), "score": round(score, 3)}}
         self._emit(FindingKind.LONG_CONNECTION, score, _record(rec, conn["first_ns"]), evidence, details, result,
-                   lambda sev: conn["reported"].__setitem__("long", sev), conn["reported"].get("long", 0))
+                   lambda sev: conn["reported"].__setitem__("long", sev), conn["reported"].get("long", 0), row)
 
     # ---- reporting
     def _emit(self, kind: FindingKind, score: float, rec: np.void, evidence: list[str], details: dict,
-              result: BatchResult, remember, reported: int) -> None:
-        """Append a finding unless one at this severity or worse was already reported for the same subject."""
+              result: BatchResult, remember, reported: int, row: int | None = None) -> None:
+        """Append a finding unless one at this severity or worse was already reported for the same subject; for a
+        destination the rules allow, annotate the flow record (`row` of the batch) with the rhythm instead."""
         severity = rita_severity(score)
         allowed = self._allowed(rec)
         if allowed:
-            severity = Severity(max(int(Severity.LOW), int(severity) - 1))
-            evidence.append(f"the rules allow this destination ({allowed}): severity lowered one level; periodic "
-                            "traffic to an allowed service is usually an update check or a keepalive")
+            if row is not None:
+                (key, value), = details.items()
+                result.annotate(row, rhythm={"kind": str(kind), "allowed_by": allowed, "evidence": evidence[0],
+                                             **value})
+            return
         if int(severity) <= reported:
             return
         remember(int(severity))
