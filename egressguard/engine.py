@@ -191,6 +191,9 @@ class Engine:
             observe_dns(self.ctx.binding, view)  # first in line: every detector reads names bound in this batch
             for det in self.detectors:
                 result.extend(det.inspect(view))
+            annotate_carriers(view, result)
+            for row, value in view.ja4.items():  # TLS client fingerprint of each whole kept ClientHello
+                result.annotate(row, ja4=value)
         return FlowsReady(self.capture, view, result)
 
     # ---- live rounds: open flows, judged by fresh detectors (a snapshot shows a flow again and again)
@@ -362,6 +365,16 @@ def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:
     frames["ts_ns"] = time.time_ns() + np.arange(len(raw)) * 1000
     frames["linktype"] = 1
     return buf, frames
+
+
+def annotate_carriers(view: FlowView, result: BatchResult) -> None:
+    """Flow records name the carrier chain (`carrier`) and the target the carrier asked for (`carrier_target`,
+    "host:port") of rows that open with one (payload/carriers.py)."""
+    for row, flow in view.carriers.flows.items():
+        values: dict = {"carrier": list(flow.chain)}
+        if flow.carrier.target_text is not None:
+            values["carrier_target"] = flow.carrier.target_text
+        result.annotate(row, **values)
 
 
 __all__ = ["CaptureDone", "DetectorFactory", "Engine", "Event", "FlowsReady", "Settings", "SourceFacts"]

@@ -509,3 +509,47 @@ def test_lab_mining_details():
     assert by_file["xmrig-style-login.pcap"]["mining"]["agent"].startswith("XMRig/")
     assert by_file["stratum-odd-port.pcap"]["mining"]["protocol"] == "ethereum_stratum"
     assert by_file["stratum-v2-sizes.pcap"]["mining"]["protocol"] == "stratum_v2"
+
+
+# ---- Stratum inside TLS, from record sizes and timing (issue 12 point 3)
+def _pool_records(push=317, submit=375, ack=58, n=5, gap=2.5, jitter=0.0, seed=0):
+    """Signed record sizes (+client) and times of a TLS handshake, then a pool's pushes and a miner's acked shares."""
+    rng = np.random.default_rng(seed)
+    seq = [(348, 0.0), (-823, 0.001), (80, 0.003), (-287, 0.003), (142, 0.004), (-71, 0.005)]
+    t = 1.0
+    for _ in range(n):
+        seq += [(submit, t), (-ack, t + 0.001)]
+        t += gap / 2 + rng.uniform(-jitter, jitter)
+        seq += [(-push - int(rng.integers(0, 4)), t)]
+        t += gap / 2
+    return [s for s, _ in seq], [x for _, x in seq]
+
+
+def test_tls_pool_rhythm_reads_pushes_and_acked_shares():
+    from egressguard.detect.mining import Params, tls_pool_rhythm
+    sizes, times = _pool_records()
+    pushes, push_size, gap, submits, submit_size, ack = tls_pool_rhythm(sizes, times, Params())
+    assert pushes == 5 and abs(push_size - 318) <= 3 and gap == 2.5 and submits == 5 and submit_size == 375 and \
+        ack == 58
+    # three pushes are too few, and so are shares the pool does not acknowledge at once
+    assert tls_pool_rhythm(*_pool_records(n=3), Params()) is None
+
+
+def test_tls_pool_rhythm_ignores_web_like_traffic():
+    from egressguard.detect.mining import Params, tls_pool_rhythm
+    rng = np.random.default_rng(5)
+    # server-sent events: pushes of varying size at irregular times, the client silent
+    sizes = [348, -823, 80, -287] + [-int(rng.integers(120, 900)) for _ in range(12)]
+    times = [0, .001, .003, .004] + list(np.cumsum(rng.exponential(1.5, 12)))
+    assert tls_pool_rhythm(sizes, times, Params()) is None
+    # polling: requests answered by bodies of varying size, no unasked pushes
+    sizes, times = [348, -823, 80, -287], [0, .001, .003, .004]
+    t = 1.0
+    for _ in range(10):
+        sizes += [200, -int(rng.integers(300, 1400))]
+        times += [t, t + 0.02]
+        t += 2.5
+    assert tls_pool_rhythm(sizes, times, Params()) is None
+    # keepalive pings answered at once and pushes of one size, but far too fast to be jobs (under a second)
+    sizes, times = _pool_records(gap=0.5)
+    assert tls_pool_rhythm(sizes, times, Params()) is None

@@ -40,16 +40,18 @@ def test_reverse_tunnel_is_reported_while_open_and_again_only_when_it_gets_worse
     monitor, emitted, summary = run(lab_capture("ssh-reverse-shell.pcap"))
     tunnels = [(t, r) for t, r in emitted if r["kind"] == "reverse_ssh_tunnel"]
     assert [r["kind"] for _, r in emitted] == ["reverse_ssh_tunnel"] * len(tunnels)
-    # the forward request right after login is enough for "high" within seconds; the first connection carried back
-    # through it makes it critical; judged every second, nothing else is said twice
-    assert [r["severity"] for _, r in tunnels] == ["high", "critical"]
+    # the forward request right after login is enough for "high" within seconds; the first channel opened from
+    # outside (confirmed by the sandbox) makes it critical, often in the same round; judged every second, nothing
+    # else is said twice and each report is worse than the one before
+    severities = [r["severity"] for _, r in tunnels]
+    assert severities in (["high", "critical"], ["critical"])
     first_at = tunnels[0][0]
     assert first_at - summary.first_ns < 5e9 and first_at < summary.last_ns - 10e9  # long before the flow ends
     record = tunnels[-1][1]
     assert record["sandbox"] == "lab-sandbox" and record["src_ip"] == "10.77.0.2" and record["dst_port"] == 443
     assert record["interface"] == "br0" and record["src_mac"] and record["evidence"]
     assert monitor.snapshot() is None  # the run is over
-    assert summary.packets == 265 and monitor.emitted == len(emitted) == 2
+    assert summary.packets == 265 and monitor.emitted == len(emitted) == len(severities)
 
 
 def test_benign_capture_emits_nothing_and_the_view_counts_the_sandbox():

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
+from egressguard.detect.egress_carriers import CarrierTargets
 from egressguard.detect.egress_findings import Aggregator, Reason, reason_code
 from egressguard.flows.view import FlowView, ServerNames
 from egressguard.netaddr import address_text, endpoint
@@ -67,6 +68,7 @@ class UnexpectedDestinationDetector:
         self.binding = ctx.binding
         self.params = params
         self._agg = Aggregator(params.max_destinations_per_sandbox, params.max_findings)
+        self._carriers = CarrierTargets(ctx.binding)  # what a sandbox asks its proxy for (egress_carriers.py)
         self._pending: list[_Pending] = []
         self._pending_rows = 0
         self._now_ns = 0
@@ -82,9 +84,13 @@ class UnexpectedDestinationDetector:
         recs = view.records
         if len(recs):
             self._now_ns = max(self._now_ns, int(recs["last_seen_ns"].max()))
-            rows = np.flatnonzero(rules.outbound(recs))
+            outbound = rules.outbound(recs)
+            rows = np.flatnonzero(outbound)
             if len(rows):
+                self._carriers.inspect(view, rules, outbound)
                 sub, names = recs[rows], _server_names(view.server_names, rows)
+                for i in np.flatnonzero(np.isin(rows, view.carriers.rows)).tolist():
+                    names.pop(i, None)  # a CONNECT's Host names the proxy's target: judged as that, not as the proxy
                 # flows to addresses DNS bound are judged now; the others wait for answers from later batches
                 # (their verdict does not change by waiting, and findings are reported at the end anyway)
                 now = self.binding.bound_anywhere(sub["resp_hi"], sub["resp_lo"])
@@ -101,7 +107,7 @@ class UnexpectedDestinationDetector:
         reporting interval)."""
         rules = self.rules.current
         self._release(rules, final=True)
-        return BatchResult(findings=self._agg.emit(self._capture, rules))
+        return BatchResult(findings=self._agg.emit(self._capture, rules) + self._carriers.emit(self._capture, rules))
 
     # ---- judging
     def _judge(self, rules: Allowlist, recs: np.ndarray, server_names: dict[int, tuple[str, str]],

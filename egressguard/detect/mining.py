@@ -29,7 +29,7 @@ from egressguard.netaddr import format_address
 from egressguard.payload.dns_table import name_text, unique_names
 from egressguard.payload.suffixes import SuffixSet
 from egressguard.payload.stratum import (Family, StratumSession, Sv2Handshake, http_messages, json_messages,
-                                         parse_json_session, parse_session, sv2_handshake)
+                                         parse_coinhive_session, parse_json_session, parse_session, sv2_handshake)
 from egressguard.payload.signatures import HTTP_METHODS, starts_with
 from egressguard.payload.tls import parse_client_hello
 from egressguard.payload.websocket import websocket_streams
@@ -44,6 +44,7 @@ _FAMILY_TEXT = {
     Family.STRATUM_V1: "Stratum v1", Family.ETHEREUM_STRATUM: "EthereumStratum", Family.ETHEREUM_PROXY:
     "Ethereum stratum proxy (eth_submitLogin / eth_getWork)", Family.CRYPTONOTE: "CryptoNote / xmrig stratum",
     Family.GETWORK_HTTP: "getwork over HTTP", Family.STRATUM_V2: "Stratum V2",
+    Family.COINHIVE: "CoinHive-style WebSocket mining",
 }
 
 
@@ -72,6 +73,15 @@ class Params:
     # egressguard's own addition to M5 (not in the research): below this mean the client sends nothing but keepalives
     # (MQTT PINGREQ is 2 B, a WebSocket ping 6 B, ~30 B inside TLS), the push-service false positive M5 names
     client_min_mean: float = 60.0
+    # M5 inside TLS (issue 12 point 3: "decide from about 5 pushes, not 10"): at least this many unasked pushes of
+    # one size (within tls_size_tolerance B: a job's JSON differs by a few digits) and this many acknowledged submits
+    tls_min_pushes: int = 4
+    tls_min_submits: int = 3
+    tls_size_tolerance: int = 8
+    tls_max_message: float = 600.0  # Stratum jobs and shares are a few hundred bytes (carriers-and-implementations 5)
+    tls_min_duration_s: float = 5.0
+    tls_ack_s: float = 0.1  # a pool acknowledges a share at once
+    tls_push_quiet_s: float = 0.3  # a push: no sandbox packet in the 0.3 s before it
     burst_gap_s: float = 1.0  # detection-science 6: a burst ends after >= 1 s of silence
     pair_memory: int = 65536  # proven (sandbox, pool) pairs kept (nDPI lru.mining.size is 1024)
     pair_ttl_s: float = 86400.0  # CESNET's black/white lists expire after 24 h
@@ -189,6 +199,41 @@ def cesnet_score(rec: np.void) -> tuple[int, list[str]]:
     return score, parts
 
 
+WEB_ALPN = frozenset({"h2", "http/1.1", "http/1.0", "h3", "spdy/3.1"})
+
+
+def tls_pool_rhythm(sizes: list[int], times_s: list[float], p: "Params") -> tuple | None:
+    """(pushes, push size, median push interval, submits, submit size, ack size) when the records of a TLS flow
+    (signed sizes +client / -server, seconds) show a pool's unasked pushes of one size at a steady pace and a
+    miner's submits of one size each acknowledged at once by one small answer of one size; else None."""
+    pushes: list[tuple[float, int]] = []
+    submits: list[tuple[int, int]] = []
+    last_client = -1e9
+    for k, (size, t) in enumerate(zip(sizes, times_s)):
+        if size > 0:
+            last_client = t
+            if k + 1 < len(sizes) and sizes[k + 1] < 0 and times_s[k + 1] - t <= p.tls_ack_s:
+                submits.append((size, -sizes[k + 1]))
+        elif t - last_client > p.tls_push_quiet_s:
+            pushes.append((t, -size))
+    if len(pushes) < p.tls_min_pushes or len(submits) < p.tls_min_submits:
+        return None
+    tol = p.tls_size_tolerance
+    # the most common sizes (a handshake's records come once each, a pool's jobs and shares again and again)
+    push_size = max((s for _, s in pushes), key=lambda x: sum(abs(s - x) <= tol for _, s in pushes))
+    steady = [(t, s) for t, s in pushes if abs(s - push_size) <= tol]
+    sub_size, ack_size = max(submits, key=lambda x: sum(abs(s - x[0]) <= tol and a == x[1] for s, a in submits))
+    same = [(s, a) for s, a in submits if abs(s - sub_size) <= tol and a == ack_size]
+    if len(steady) < p.tls_min_pushes or len(same) < p.tls_min_submits or ack_size >= 128 or \
+            push_size > p.tls_max_message or sub_size > p.tls_max_message:
+        return None
+    gaps = np.diff([t for t, _ in steady])
+    gap = float(np.median(gaps))
+    if gap < 1.0 or gaps.std() > p.push_max_cv * gaps.mean():
+        return None
+    return len(steady), push_size, round(gap, 1), len(same), sub_size, ack_size
+
+
 def push_rhythm(sizes: np.ndarray, dt_us: np.ndarray, pool_dir: int, gap_s: float = 1.0) -> tuple[int, float, float]:
     """Bursts led by the pool side in the early payload sequence: (count, median gap s, coefficient of variation)."""
     starts: list[float] = []
@@ -263,8 +308,10 @@ class MiningDetector:
             new_pools = self._watch_dns(view)
         tcp = (recs["proto"] == 6) & (recs["slot"] >= 0)
         prefix = view.prefix(_PREFIX)
-        ssh = view.tagged(AppTag.SSH)
+        ssh = view.tagged(AppTag.SSH) | view.inner_tagged(AppTag.SSH)  # SSH inside a carrier is no pool either
         http = view.tagged(AppTag.HTTP_REQUEST | AppTag.HTTP_RESPONSE)
+        carried = np.zeros(len(recs), bool)  # CONNECT / SOCKS / PROXY protocol / WebSocket (payload/carriers.py)
+        carried[view.carriers.rows] = True
         tls = view.tagged(AppTag.TLS)
         json_like = view.tagged(AppTag.JSON)
         mqtt = view.tagged(AppTag.MQTT)
@@ -273,11 +320,13 @@ class MiningDetector:
 
         # M1: mining JSON-RPC (newline-delimited, in HTTP bodies, inside WebSocket frames)
         readable = np.zeros(len(recs), bool)  # JSON that parsed, mining or not: its content was judged
-        for row in np.flatnonzero(tcp & json_like & ~http & ~ssh).tolist():
+        for row in np.flatnonzero(tcp & json_like & ~http & ~ssh & ~carried).tolist():
             readable[row] = self._json(view, row, signals)
+        for row in np.flatnonzero(tcp & carried & ~ssh).tolist():
+            readable[row] = self._carried(view, row, signals)
         post = starts_with(prefix, ORIG, b"POST ")
         upgrade = view.tagged(AppTag.WEBSOCKET)
-        for row in np.flatnonzero(tcp & (post | upgrade)).tolist():
+        for row in np.flatnonzero(tcp & (post | upgrade) & ~carried).tolist():
             self._http(view, row, signals, post=bool(post[row]))
         # M3: pool name in the TLS server name (found and matched in numpy; Python for the hits only)
         names = view.server_names
@@ -305,6 +354,13 @@ class MiningDetector:
             ((recs["resp_payload_pkts"] >= p.push_min_bursts) | (recs["orig_payload_pkts"] >= p.push_min_bursts))
         for row in np.flatnonzero(long_lived & ~readable).tolist():  # readable JSON was judged by its content
             self._behaviour(view, row, signals)
+        # Stratum inside TLS, from its first exchanges: small messages both ways, more than a handshake's worth
+        small_tls = tcp & tls & ~readable & ~long_lived & (duration >= p.tls_min_duration_s) & \
+            (recs["resp_payload_pkts"] >= p.tls_min_pushes + p.tls_min_submits) & \
+            (recs["orig_payload_pkts"] >= p.tls_min_submits + 2) & \
+            (recs["orig_payload_mean"] < p.tls_max_message) & (recs["resp_payload_mean"] < p.tls_max_message)
+        for row in np.flatnonzero(small_tls).tolist():
+            self._tls_shape(view, row, signals)
         # M6 for flows with other evidence, then findings; proofs feed the pair memory first
         for row, sig in signals.items():
             port = self.pools.port(int(recs[row]["resp_port"]))
@@ -312,12 +368,12 @@ class MiningDetector:
                 sig.add("M6", p.w_port, f"port {port.port} is a well-known mining pool port "
                                         f"({self.pools.cite(port.sources)}{'; ' + port.note if port.note else ''})",
                         Severity.LOW)
-            if sig.proof:
+            if sig.proof and not carried[row]:  # a proxy is shared: its pair says nothing about other targets
                 self._remember(recs[row], sig)
         # M7: later flows between proven pairs
         if self._proven:
             # like nDPI, only flows that nothing else explains: not SSH, HTTP, MQTT, DNS or readable JSON
-            eligible = (recs["proto"] == 6) & ~ssh & ~http & ~mqtt & ~readable & ~dns & \
+            eligible = (recs["proto"] == 6) & ~ssh & ~http & ~mqtt & ~readable & ~dns & ~carried & \
                 ((recs["orig_payload_bytes"] + recs["resp_payload_bytes"]) > 0)
             for row in self._paired_rows(recs, eligible).tolist():
                 sig = signals.get(row)
@@ -343,6 +399,22 @@ class MiningDetector:
         session = parse_session(orig, resp)
         if session is not None:
             self._methods(view, row, session, signals)
+            return True
+        return bool(json_messages(orig, limit=1).messages or json_messages(resp, limit=1).messages)
+
+    def _carried(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> bool:
+        """M1 on the peeled inner bytes of a flow inside a carrier: Stratum/JSON-RPC, or CoinHive-style WebSocket
+        messages; True when they are JSON (mining or not)."""
+        flow = view.carriers.get(row)
+        orig, resp = flow.inner
+        if not any(side.lstrip()[:1] in (b"{", b"[") for side in (orig, resp)):
+            return False
+        try:
+            session = parse_session(orig, resp) or parse_coinhive_session(orig, resp)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+            session = None
+        if session is not None:
+            self._methods(view, row, session, signals, flow.carrier.text)
             return True
         return bool(json_messages(orig, limit=1).messages or json_messages(resp, limit=1).messages)
 
@@ -390,7 +462,7 @@ class MiningDetector:
             parts.append(f"the pool side sent {', '.join(pool_said[:8])}")
         if s.extensions and s.family == Family.GETWORK_HTTP:
             parts.append("HTTP mining headers " + "; ".join(s.extensions[:3]))
-        text = f"{what} JSON-RPC in the first payload bytes" + (f" (inside {carrier} frames)" if carrier else "") + \
+        text = f"{what} JSON-RPC in the first payload bytes" + (f" (inside {carrier})" if carrier else "") + \
             ": " + "; ".join(parts)
         if s.shares:
             text += f"; {s.shares} share submission(s)"
@@ -618,6 +690,32 @@ class MiningDetector:
                 f"CESNET-style miner score {score}/13 (threshold {p.cesnet_threshold}): " + ", ".join(parts),
                 Severity.MEDIUM)
 
+    # ---- M5 inside TLS
+    def _tls_shape(self, view: FlowView, row: int, signals: dict[int, _Signals]) -> None:
+        """A pool's two rhythms seen through TLS records (issue 12: decide from about 5 pushes): jobs the pool
+        pushes unasked, all of one size, at a steady pace; and shares the miner submits, all of one size, each
+        answered at once by one small acknowledgement of one size. A client that asks for web protocols (ALPN h2 or
+        http/1.1: browsers, curl, gRPC) is not judged."""
+        p = self.params
+        hello = parse_client_hello(view.kept_stream(row, ORIG))
+        if hello is not None and any(a in WEB_ALPN for a in hello.alpn):
+            return
+        sizes, dt_us = view.early_sequence(row)
+        found = tls_pool_rhythm(sizes.tolist(), (dt_us / 1e6).tolist(), p)
+        if found is None:
+            return
+        pushes, push_size, push_gap, submits, submit_size, ack_size = found
+        sig = signals.setdefault(row, _Signals())
+        sig.behaviour = {"pool_pushes": pushes, "push_record_bytes": push_size, "push_interval_median_s": push_gap,
+                         "submits": submits, "submit_record_bytes": submit_size, "ack_record_bytes": ack_size}
+        name = "no server name" if hello is None or not hello.sni else f"server name {hello.sni}"
+        alpn = "no ALPN" if hello is None or not hello.alpn else "ALPN " + ",".join(hello.alpn)
+        sig.add("M5", p.w_push,
+                f"inside TLS ({name}, {alpn}) the remote side pushed {pushes} records of {push_size} B unasked "
+                f"every {push_gap:.1f} s while the sandbox side sent {submits} records of {submit_size} B, each "
+                f"answered at once by {ack_size} B: a pool's jobs and a miner's acknowledged shares, read from "
+                f"record sizes and timing alone", Severity.MEDIUM)
+
     # ---- M7
     def _remember(self, rec: np.void, sig: _Signals) -> None:
         client, server = _roles(rec, sig)
@@ -754,4 +852,4 @@ def _roles(rec: np.void, sig: _Signals | None) -> tuple[str, str]:
     return "resp", "orig"
 
 
-__all__ = ["MiningDetector", "Params", "cesnet_score", "push_rhythm"]
+__all__ = ["MiningDetector", "Params", "cesnet_score", "push_rhythm", "tls_pool_rhythm"]

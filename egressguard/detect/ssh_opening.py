@@ -86,14 +86,15 @@ def _sizes(model: RecordModel, payloads) -> set[int]:
 
 
 
-def read_opening(hs: SshHandshake, sizes: list[int], times_s: list[float]) -> Opening:
+def read_opening(hs: SshHandshake | None, sizes: list[int], times_s: list[float]) -> Opening:
     """Read the opening of one SSH connection from its early payload sequence (`sizes` signed +orig / -resp,
-    `times_s` seconds after the flow's start)."""
-    sign = 1 if hs.client_is_orig else -1
+    `times_s` seconds after the flow's start). `hs` None: the handshake was not seen (SSH inside TLS); the
+    originator is taken as the client and the record model is chosen by the login's sizes."""
+    sign = 1 if hs is None or hs.client_is_orig else -1
     seq = [sign * s for s in sizes]  # + client, - server
-    compressed = hs.compression not in (None, "none")
-    model, inferred = hs.model, False
-    if model is None and hs.cipher is not None and hs.mac is not None:
+    compressed = hs is not None and hs.compression not in (None, "none")
+    model, inferred = (None, False) if hs is None else (hs.model, False)
+    if hs is not None and model is None and hs.cipher is not None and hs.mac is not None:
         model = record_model(hs.cipher, "" if hs.mac == "<implicit>" else hs.mac)  # compression: login sizes
     login = _login(model, seq) if model is not None else None
     if login is None:
@@ -250,4 +251,48 @@ def _quiet_after(model: RecordModel, seq: list[int], times_s: list[float], after
     return all(abs(seq[k]) <= small for k in later)
 
 
-__all__ = ["ChannelOpen", "Opening", "read_opening"]
+# Bytes a TLS record adds to what it carries (RFC 8446 5.2: 5-byte header, 1-byte inner type, 16-byte AEAD tag;
+# RFC 5288: TLS 1.2 AES-GCM adds an 8-byte explicit nonce; RFC 7905: TLS 1.2 ChaCha20-Poly1305 none)
+TLS_RECORD_OVERHEADS = (22, 29, 21)
+BANNER_MIN, BANNER_MAX = 10, 255  # RFC 4253 4.2: an identification line is at most 255 bytes
+KEXINIT_MIN = 300  # a KEXINIT lists a dozen algorithms in each of its name-lists (the shortest seen: ~600 B)
+
+
+def ssh_inside_tls(sizes: list[int], times_s: list[float]) -> tuple[int, Opening] | None:
+    """Read an SSH opening from the record sizes of a TLS connection, when the TLS carries SSH (stunnel, socat
+    OPENSSL, ncat --ssl as a ProxyCommand): after the TLS handshake both sides send a banner-sized record, then
+    each a KEXINIT-sized one; the records after it, less the TLS record overhead, must show an SSH login under one
+    of the common suites. Returns (the overhead that fitted, the opening) or None."""
+    start = _banners(sizes)
+    if start is None:
+        return None
+    for overhead in TLS_RECORD_OVERHEADS:
+        inner = [s - overhead if s > 0 else s + overhead for s in sizes[start:]]
+        if any(abs(s) <= 0 for s in inner):
+            continue
+        opening = read_opening(None, inner, times_s[start:])
+        if opening.auth_success:
+            return overhead, opening
+    return None
+
+
+def _banners(sizes: list[int]) -> int | None:
+    """Index of the first of two banner-sized packets, one each way within 4 packets of each other (TLS 1.3
+    session tickets may come between), followed in each direction by a KEXINIT-sized one within 4 packets."""
+    def banner(size: int) -> bool:
+        return BANNER_MIN + 21 <= abs(size) <= BANNER_MAX + 29
+
+    for k in range(min(len(sizes) - 3, 16)):
+        if not banner(sizes[k]):
+            continue
+        m = next((m for m in range(k + 1, min(k + 5, len(sizes)))
+                  if sizes[m] * sizes[k] < 0 and banner(sizes[m])), None)
+        if m is None:
+            continue
+        later = sizes[m + 1:m + 5]
+        if any(s >= KEXINIT_MIN for s in later) and any(-s >= KEXINIT_MIN for s in later):
+            return k
+    return None
+
+
+__all__ = ["ChannelOpen", "Opening", "TLS_RECORD_OVERHEADS", "read_opening", "ssh_inside_tls"]

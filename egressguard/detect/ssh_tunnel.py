@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
-from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_opening
+from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_opening, ssh_inside_tls
 from egressguard.flows.table import Conversation
-from egressguard.flows.view import FlowView
+from egressguard.flows.view import CarrierFlow, FlowView
+from egressguard.netaddr import endpoint
+from egressguard.policy.model import FlowContext
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
 from egressguard.payload.websocket import websocket_streams
 from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity
@@ -94,6 +96,7 @@ class SshSignals:
     answered_rev: int  # bursts in which the remote side asked briefly and the sandbox side answered in bulk
     login: PostAuth
     opening: Opening | None = None  # the login and the first requests after it (ssh_opening.py)
+    framed: bool = False  # carried in WebSocket frames: the conversation was measured on the frames' sizes
 
 
 def _echo_count(conv: Conversation, leader: int, sizes: set[int]) -> int:
@@ -101,7 +104,7 @@ def _echo_count(conv: Conversation, leader: int, sizes: set[int]) -> int:
 
 
 def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: list[int],
-            early_times_s: list[float] | None = None) -> SshSignals:
+            early_times_s: list[float] | None = None, framed: bool = False) -> SshSignals:
     """Read the signals of one SSH flow from its conversation shape and flow counters."""
     k1 = hs.keystroke_size()
     k2 = set(hs.tunnelled_keystroke_sizes())
@@ -126,6 +129,7 @@ def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: lis
         answered_fwd=conv.answered[ORIG], answered_rev=conv.answered[RESP],
         login=post_auth(hs, early_sizes),
         opening=read_opening(hs, early_sizes, early_times_s) if early_times_s is not None else None,
+        framed=framed,
     )
 
 
@@ -170,7 +174,8 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
         size = f" ({sig.keystroke} B)" if sig.keystroke else ""
         rev.append((0.8, f"the remote side sent {sig.echo_rev} keystroke-sized packets{size} echoed by the sandbox "
                          f"side within 0.5 s: the typing comes from outside"))
-    if sig.nested_rev:
+    # in WebSocket frames the burst sizes are the frames': one bulk exchange can be the login's, not a handshake
+    if sig.nested_rev >= (2 if sig.framed else 1):
         rev.append((0.85, f"{sig.nested_rev} time(s) the remote side opened a burst with a bulk exchange in both "
                           f"directions: a new connection (handshake) started from outside and carried inside"))
     answered_rev = sig.answered_rev >= p.min_answers and sig.answered_rev > sig.answered_fwd
@@ -232,6 +237,9 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if op is not None and op.session and total < p.transfer_min_bytes:
         return Verdict(SshUse.COMMAND, 0.0, ("a session was opened right after login and little was typed: a "
                                              "command run over SSH",))
+    if hs.compression not in (None, "none"):
+        return Verdict(SshUse.UNDETERMINED, 0.0, (f"{hs.compression} compression: the sizes after the login cannot "
+                                                  f"be predicted, and the shape alone did not tell",))
     return Verdict(SshUse.UNDETERMINED, 0.0, ())
 
 
@@ -279,6 +287,7 @@ class _Remembered:
     flow: np.void  # the record it was remembered from: its 5-tuple must match the rest's
 
 
+TLS_MIN_PACKETS = 8  # payload packets each way: a TLS handshake, an SSH key exchange and a login take more
 _CUT_SHORT = (int(EndReason.IDLE), int(EndReason.ACTIVE_TIMEOUT), int(EndReason.EVICTED))
 
 
@@ -295,6 +304,7 @@ class SshTunnelDetector:
 
     def __init__(self, ctx: DetectorContext | None = None, params: Params = Params()):
         self.params = params
+        self._ctx = ctx
         self._capture = ""
         self._remembered: OrderedDict[int, _Remembered] = OrderedDict()  # by the flow's direction-free key hash
 
@@ -312,12 +322,23 @@ class SshTunnelDetector:
         ssh = view.tagged(AppTag.SSH)
         ws = view.tagged(AppTag.WEBSOCKET)
         tcp = recs["proto"] == 6
-        for row in np.flatnonzero((ssh | ws) & tcp).tolist():
+        carried = np.zeros(len(recs), bool)
+        carriers = view.carriers
+        if len(carriers.rows):
+            carried[carriers.rows] = True
+            for row in np.flatnonzero(view.inner_tagged(AppTag.SSH) & tcp).tolist():
+                self._inspect_flow(view, row, False, result, carriers.get(row))
+        for row in np.flatnonzero((ssh | ws) & tcp & ~carried).tolist():
             self._inspect_flow(view, row, bool(ssh[row]), result)
+        # SSH inside TLS: only connections long enough to hold a handshake, a login and some use of it
+        tls = view.tagged(AppTag.TLS) & tcp & ~ssh & ~carried & \
+            (recs["orig_payload_pkts"] >= TLS_MIN_PACKETS) & (recs["resp_payload_pkts"] >= TLS_MIN_PACKETS)
+        for row in np.flatnonzero(tls).tolist():
+            self._inspect_tls(view, row, result)
         if self._remembered:
             flags = recs["flow_flags"]
-            no_handshake = tcp & ~ssh & ~ws & (((flags & int(FlowFlag.SAW_SYN)) == 0)
-                                               | ((flags & int(FlowFlag.CONTINUED)) != 0))
+            no_handshake = tcp & ~ssh & ~ws & ~carried & (((flags & int(FlowFlag.SAW_SYN)) == 0)
+                                                          | ((flags & int(FlowFlag.CONTINUED)) != 0))
             rows = np.flatnonzero(no_handshake)
             for row, key in zip(rows.tolist(), recs["key_hash"][rows].tolist()):
                 if key not in self._remembered:
@@ -327,10 +348,17 @@ class SshTunnelDetector:
                     self._inspect_continuation(view, row, prior, result)
         return result
 
-    def _inspect_flow(self, view: FlowView, row: int, plain: bool, result: BatchResult) -> None:
+    def _inspect_flow(self, view: FlowView, row: int, plain: bool, result: BatchResult,
+                      carried: CarrierFlow | None = None) -> None:
         orig, resp = view.kept_stream(row, 0), view.kept_stream(row, 1)
+        early, micros = view.early_sequence(row)
+        sizes, times_s = early.tolist(), (micros / 1e6).tolist()
         carrier = None
-        if not plain:
+        if carried is not None:
+            orig, resp = carried.inner
+            carrier = carried.carrier.text
+            sizes, times_s = inner_sequence(sizes, times_s, carried.carrier.offset, carried.carrier.overhead)
+        elif not plain:
             inner = websocket_streams(orig, resp)
             if inner is None:
                 return
@@ -340,26 +368,100 @@ class SshTunnelDetector:
         if hs is None:
             return
         rec = view.records[row]
-        if carrier is not None:
-            # record sizes inside WebSocket frames do not follow the SSH model; the carrier is the evidence
+        if carrier is not None and carried is None:
+            # record sizes inside WebSocket frames the carrier layer could not read do not follow the SSH model;
+            # the carrier is the evidence
             verdict = Verdict(SshUse.TUNNEL, 0.9, (f"SSH ({_banner(hs)}) carried inside WebSocket frames after an "
-                                                    f"HTTP Upgrade: SSH hidden in web traffic (wstunnel-like)",))
+                                                    f"HTTP Upgrade: SSH hidden in web traffic (wstunnel-like)",),
+                              TunnelUse.FORWARD)
         elif hs.client_is_orig and \
                 int(rec["orig_payload_pkts"]) + int(rec["resp_payload_pkts"]) < self.params.min_packets:
             # a handshake and a login at most: nothing to classify beyond what the handshake showed
             verdict = Verdict(SshUse.UNDETERMINED, 0.0, ())
         else:
             verdict = None
-        early, micros = view.early_sequence(row)
-        sizes, times_s = early.tolist(), (micros / 1e6).tolist()
         if verdict is None:
             conv = view.conversation(row)
-            verdict = classify(hs, measure(hs, conv, rec, sizes, times_s), self.params) if conv else \
+            framed = carried is not None and carried.carrier.framed
+            verdict = classify(hs, measure(hs, conv, rec, sizes, times_s, framed), self.params) if conv else \
                 Verdict(SshUse.UNDETERMINED, 0.0, ())
+        if carried is not None:
+            target = carried.carrier.target_text
+            hidden = (f"SSH ({_banner(hs)}) carried inside {carrier}" +
+                      (f" to {target}" if target else "") + ": SSH hidden behind a proxy or relay")
+            if verdict.use in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL):
+                verdict = Verdict(verdict.use, verdict.score, verdict.evidence + (hidden,), verdict.tunnel_use)
+            else:
+                # SSH that a proxy hides is a tunnel out of the sandbox whatever it carries
+                verdict = Verdict(SshUse.TUNNEL, 0.7, (hidden,) + verdict.evidence, TunnelUse.FORWARD)
         if int(rec["end_reason"]) in _CUT_SHORT:
             self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, rec.copy()))
-        login = post_auth(hs, sizes) if carrier is None else None
-        self._report(rec, row, hs, verdict, result, login)
+        login = post_auth(hs, sizes) if carrier is None or carried is not None else None
+        self._report(rec, row, hs, verdict, result, login, carried)
+
+    def _inspect_tls(self, view: FlowView, row: int, result: BatchResult) -> None:
+        """A TLS connection whose record sizes, less the TLS overhead, show an SSH banner exchange, KEXINITs and a
+        login (stunnel, socat OPENSSL, ncat --ssl as ssh's ProxyCommand): judged by its opening alone."""
+        early, micros = view.early_sequence(row)
+        found = ssh_inside_tls(early.tolist(), (micros / 1e6).tolist())
+        if found is None:
+            return
+        overhead, op = found
+        rec = view.records[row]
+        names = view.server_names.get(row)
+        where = f" (server name {names[0]})" if names else ""
+        hidden = (f"inside TLS{where}, records {overhead} B larger than what they carry show an SSH banner "
+                  f"exchange, key exchange and a login under a common cipher suite: SSH hidden in TLS")
+        server_opens = [o for o in op.opens if not o.by_client and o.kind == "tcp"]
+        client_opens = [o for o in op.opens if o.by_client and o.kind == "tcp"]
+        evidence = [hidden]
+        if op.forward_request is not None or server_opens:
+            use, score = SshUse.REVERSE_TUNNEL, 0.8
+            if op.forward_request is not None:
+                evidence.append(f"right after login the sandbox side sent a {op.forward_request} B request the "
+                                f"size of a 'tcpip-forward' (ssh -R)")
+            if server_opens:
+                evidence.append(f"the remote side opened {len(server_opens)} channel(s) of a forwarded "
+                                f"connection's size that the sandbox side confirmed within "
+                                f"{int(1000 * SANDBOX_REPLY_S)} ms: connections from outside carried in")
+                score = 0.9
+            tunnel_use = TunnelUse.SERVICE if server_opens else TunnelUse.PARKED
+        else:
+            use, score, tunnel_use = SshUse.TUNNEL, 0.7, TunnelUse.FORWARD
+            if client_opens and not op.session:
+                evidence.append(f"with no shell session, the sandbox side opened {len(client_opens)} forwarded "
+                                f"channel(s) that the server confirmed (-L, -D)")
+                score = 0.8
+        ssh_info = {"client_banner": None, "server_banner": None, "hassh": None, "hassh_server": None,
+                    "cipher": None, "mac": None, "auth": "success", "client_software": None,
+                    "server_software": None, "tunnel_use": str(tunnel_use), "implementation": None,
+                    "use": str(tunnel_use), "sizes_predictable": True, "carrier": ["tls"],
+                    "carrier_target": names[0] if names else None}
+        result.annotate(row, app="ssh", ssh_use=str(use), ssh=ssh_info)
+        kind = FindingKind.REVERSE_SSH_TUNNEL if use is SshUse.REVERSE_TUNNEL else FindingKind.SSH_TUNNEL
+        result.findings.append(Finding(
+            kind=kind, severity=Severity.HIGH if score >= 0.8 else Severity.MEDIUM, score=score,
+            evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
+            details={"ssh": ssh_info, "ssh_use": str(use)}))
+
+    def _expected(self, rec: np.void, use: str) -> str | None:
+        """The allow entry that expects SSH tunnels of `use` to this flow's destination (by address, class or a
+        name the sandbox's DNS bound to it), as its label; None when none does."""
+        if self._ctx is None:
+            return None
+        rules = self._ctx.rules.current
+        recs = np.array([rec], rec.dtype)
+        flow = FlowContext(recs["resp_hi"], recs["resp_lo"], recs["proto"], recs["resp_port"], rules.scopes(recs))
+        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
+        entry = None
+        if rules.match_cidr("allow", flow)[0] or rules.match_class("allow", classes, flow)[0]:
+            entry = rules.first_entry("allow", flow, 0, int(classes[0]))
+        if entry is None:
+            names = self._ctx.binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"),
+                                             int(rec["first_seen_ns"]) / 1e9)[0]
+            entry = rules.match_names("allow", names, flow.scopes[:, 0], int(rec["proto"]),
+                                      int(rec["resp_port"])) if names else None
+        return entry.label() if entry is not None and use in entry.ssh_tunnels else None
 
     def _inspect_continuation(self, view: FlowView, row: int, prior: _Remembered, result: BatchResult) -> None:
         rec = view.records[row]
@@ -383,7 +485,7 @@ class SshTunnelDetector:
             self._remembered.popitem(last=False)
 
     def _report(self, rec: np.void, row: int, hs: SshHandshake, verdict: Verdict, result: BatchResult,
-                login: PostAuth | None = None) -> None:
+                login: PostAuth | None = None, carried: CarrierFlow | None = None) -> None:
         auth = None if login is None or login.auth_success is None else (
             "success" if login.auth_success else "failure")
         ssh_info = {
@@ -392,9 +494,21 @@ class SshTunnelDetector:
             "auth": auth,  # inferred from record sizes (Zeek's method, detection-science 1.5); null when unknown
             "client_software": software(hs.client.banner), "server_software": software(hs.server.banner),
             "tunnel_use": None if verdict.tunnel_use is None else str(verdict.tunnel_use),
+            # the program that opened the connection, and what it is used for (issue 13 item 5)
+            "implementation": software(hs.client.banner),
+            "use": str(verdict.tunnel_use or verdict.use),
+            # compression (ssh -C, dropbear's zlib) hides every size after the login: only the shape can be read
+            "sizes_predictable": hs.compression in (None, "none") and hs.model is not None,
         }
+        if carried is not None:
+            ssh_info["carrier"] = list(carried.chain)
+            ssh_info["carrier_target"] = carried.carrier.target_text
         result.annotate(row, app="ssh", ssh_use=str(verdict.use), ssh=ssh_info)
         if verdict.use not in (SshUse.REVERSE_TUNNEL, SshUse.TUNNEL):
+            return
+        expected = self._expected(rec, "reverse" if verdict.use is SshUse.REVERSE_TUNNEL else "forward")
+        if expected:
+            result.annotate(row, ssh_tunnel_expected=expected)  # the rules expect it: no finding
             return
         score = verdict.score
         evidence = list(verdict.evidence)
@@ -407,6 +521,28 @@ class SshTunnelDetector:
             kind=kind, severity=_severity(verdict.use, score, len(verdict.evidence)), score=round(score, 3),
             evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
             details={"ssh": ssh_info, "ssh_use": str(verdict.use)}))
+
+
+def inner_sequence(sizes: list[int], times_s: list[float], offset: tuple[int, int],
+                   overhead: tuple[int, int]) -> tuple[list[int], list[float]]:
+    """The early payload sequence (signed +orig / -resp) of what a carrier carries: the packets of the carrier's
+    own preamble (the first `offset` bytes of each direction) dropped or cut, and each later packet's framing
+    (`overhead` per direction, a WebSocket frame header: RFC 6455 5.2, 2 more bytes from 126-byte payloads) taken
+    off."""
+    seen = [0, 0]
+    out_sizes, out_times = [], []
+    for signed, t in zip(sizes, times_s):
+        d = 0 if signed > 0 else 1
+        size = abs(signed)
+        skip = max(0, min(size, offset[d] - seen[d]))
+        seen[d] += size
+        size -= skip
+        if size and overhead[d]:
+            size -= overhead[d] + (2 if size - overhead[d] > 125 else 0)
+        if size > 0:
+            out_sizes.append(size if d == 0 else -size)
+            out_times.append(t)
+    return out_sizes, out_times
 
 
 def _endpoints(rec: np.void) -> tuple:

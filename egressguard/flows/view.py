@@ -13,8 +13,10 @@ from functools import cached_property
 import numpy as np
 
 from egressguard.flows.table import Conversation, FlowBatch, FlowTable
+from egressguard.payload.carriers import Carrier, candidates, peel
 from egressguard.payload.dns_table import DnsTable, decode_dns
 from egressguard.payload.http import request_hosts
+from egressguard.payload.ja4 import ja4 as hello_ja4
 from egressguard.payload.signatures import SIGNATURE_BYTES, app_tags
 from egressguard.payload.tls import find_sni, parse_client_hello, sni_text
 from egressguard.schema import DNS_ANSWER_DTYPE, DNS_MESSAGE_DTYPE, FLOW_DTYPE, AppTag
@@ -55,6 +57,33 @@ class ServerNames:
         """(name, "tls_sni" | "http_host") of one row, or None."""
         name = self.name[row]
         return None if name is None else (name, SOURCE_NAMES[int(self.source[row])])
+
+
+@dataclass(frozen=True)
+class CarrierFlow:
+    """One flow's carrier chain (payload/carriers.py) and its inner kept bytes per direction (peeled, de-framed)."""
+
+    carrier: Carrier
+    inner: tuple[bytes, bytes]  # (originator, responder)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self.carrier.chain
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        return self.carrier.target
+
+
+@dataclass(frozen=True)
+class BatchCarriers:
+    """The rows of a batch that open with a carrier (HTTP CONNECT, SOCKS, WebSocket, PROXY protocol)."""
+
+    rows: np.ndarray  # int64, sorted view rows that have a carrier
+    flows: dict[int, CarrierFlow]  # view row -> its carrier and inner bytes
+
+    def get(self, row: int) -> CarrierFlow | None:
+        return self.flows.get(int(row))
 
 
 class FlowView:
@@ -184,6 +213,46 @@ class FlowView:
                     names[row], source[row] = host, SOURCE_HOST
         return ServerNames(names, source)
 
+    @cached_property
+    def carriers(self) -> BatchCarriers:
+        """Carrier chains of the TCP rows whose originator opens like one (numpy prefilter, then the parser on those
+        few): chain, inner target and the inner bytes per direction (payload/carriers.py)."""
+        recs = self.records
+        flows: dict[int, CarrierFlow] = {}
+        if self._table is not None and len(recs):
+            maybe = candidates(self.prefix(16)) & (recs["proto"] == 6) & (recs["slot"] >= 0)
+            for row in np.flatnonzero(maybe).tolist():
+                orig, resp = self.kept_stream(row, ORIG), self.kept_stream(row, RESP)
+                carrier = peel(orig, resp)
+                if carrier is not None:
+                    flows[row] = CarrierFlow(carrier, carrier.inner(orig, resp))
+        return BatchCarriers(np.array(sorted(flows), np.int64), flows)
+
+    @cached_property
+    def inner_app(self) -> np.ndarray:
+        """AppTag bits (uint32) of what each row carries inside its carrier (SSH banner, Stratum JSON, TLS
+        ClientHello, HTTP, ...); 0 for rows without a carrier. The same signature kernel as `app`."""
+        out = np.zeros(len(self.records), np.uint32)
+        car = self.carriers
+        if not len(car.rows):
+            return out
+        width = SIGNATURE_BYTES
+        data = np.zeros((len(car.rows), 2, width), np.uint8)
+        fills = np.zeros((len(car.rows), 2), np.uint32)
+        for i, row in enumerate(car.rows.tolist()):
+            for d, inner in enumerate(car.flows[row].inner):
+                head = inner[:width]
+                data[i, d, :len(head)] = np.frombuffer(head, np.uint8)
+                fills[i, d] = len(inner)
+        sub = self.records[car.rows]
+        out[car.rows] = app_tags(data, fills, np.arange(len(car.rows)), sub["proto"], sub["orig_port"],
+                                 sub["resp_port"])
+        return out
+
+    def inner_tagged(self, tags: AppTag) -> np.ndarray:
+        """Rows whose carrier carries any of `tags` inside (bool mask)."""
+        return (self.inner_app & np.uint32(tags)) != 0
+
     def _find_sni(self, rows: np.ndarray, names: np.ndarray, source: np.ndarray) -> None:
         """Server names of ClientHello rows: a first narrow look, a wider one for hellos that name their server
         late, the Python parser for unusual layouts."""
@@ -203,5 +272,12 @@ class FlowView:
             record_end = 5 + ((data[:, 3].astype(np.int64) << 8) | data[:, 4])
             todo = todo[(offset < 0) & (status == 1) & (fill >= data.shape[1]) & (record_end > data.shape[1])]
 
+    @cached_property
+    def ja4(self) -> dict[int, str]:
+        """JA4 fingerprint (payload/ja4.py) of each row whose originator's kept bytes hold a whole ClientHello."""
+        rows = np.flatnonzero(self.tagged(AppTag.TLS_CLIENT_HELLO) & (self.records["slot"] >= 0))
+        found = {row: hello_ja4(self.kept_stream(row, ORIG)) for row in rows.tolist()}
+        return {row: value for row, value in found.items() if value is not None}
 
-__all__ = ["BatchDns", "FlowView", "ServerNames", "SOURCE_HOST", "SOURCE_SNI"]
+
+__all__ = ["BatchCarriers", "BatchDns", "CarrierFlow", "FlowView", "ServerNames", "SOURCE_HOST", "SOURCE_SNI"]

@@ -68,6 +68,7 @@ class Family:
     CRYPTONOTE = "cryptonote"  # xmrig / xmr-stak login, job, submit, keepalived
     GETWORK_HTTP = "getwork_http"  # getwork, eth_getWork or getblocktemplate in HTTP POST bodies; mining headers
     STRATUM_V2 = "stratum_v2"
+    COINHIVE = "coinhive"  # CoinHive-style WebSocket messages {"type": auth|submit / authed|job|hash_accepted}
 
 
 # ------------------------------------------------------------------------------------------------ JSON messages
@@ -574,6 +575,45 @@ SV2_ACT1 = 64  # initiator: ElligatorSwift ephemeral key (sv2-spec 4, Noise NX w
 SV2_ACT2 = 234  # responder: 64 + (64 + 16) + (74 + 16) (SRI noise_sv2 INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE)
 SV2_FRAME_MIN = 22 + 16  # encrypted header (6 + 16 MAC) + an empty payload's 16-byte MAC (2.6)
 SV2_MIN_DISTINCT = 40  # byte values in a 64-byte random-looking key: a random one has ~56 on average
+
+
+# cazala/coin-hive-stratum src/Miner.ts, src/types.ts (research/carriers-and-implementations.md 5.1)
+COINHIVE_MINER_TYPES = ("auth", "submit")
+COINHIVE_POOL_TYPES = ("authed", "job", "hash_accepted", "banned")
+
+
+def parse_coinhive_session(orig: bytes, resp: bytes) -> StratumSession | None:
+    """A CoinHive-style browser-miner session (one JSON object per WebSocket text message, `{"type": ...,
+    "params": {...}}`), or None: miner types auth/submit, pool types authed/job/hash_accepted; a `job` needs a
+    `blob` and a `target`."""
+    sides = []
+    for stream in (orig, resp):
+        types, shares, jobs, login = [], 0, 0, None
+        for msg in json_messages(stream).messages if stream else ():
+            kind = msg.get("type") if isinstance(msg, dict) else None
+            params = msg.get("params") if isinstance(msg, dict) else None
+            if not isinstance(kind, str) or not isinstance(params, dict):
+                continue
+            if kind == "job" and not ("blob" in params and "target" in params):
+                continue
+            if kind in COINHIVE_MINER_TYPES + COINHIVE_POOL_TYPES and kind not in types:
+                types.append(kind)
+            shares += kind == "submit"
+            jobs += kind == "job"
+            if kind == "auth":
+                login = _bounded(params.get("site_key")) or login
+        sides.append((types, shares, jobs, login))
+    miner_score = [sum(t in COINHIVE_MINER_TYPES for t in side[0]) for side in sides]
+    pool_score = [sum(t in COINHIVE_POOL_TYPES for t in side[0]) for side in sides]
+    if not any(miner_score) and not any(pool_score):
+        return None
+    miner_orig = miner_score[0] > miner_score[1] or (miner_score[0] == miner_score[1] and pool_score[0] <= pool_score[1])
+    miner, pool = (sides[0], sides[1]) if miner_orig else (sides[1], sides[0])
+    miner_types = tuple(t for t in miner[0] if t in COINHIVE_MINER_TYPES)
+    pool_types = tuple(t for t in pool[0] if t in COINHIVE_POOL_TYPES)
+    return StratumSession(family=Family.COINHIVE, miner_is_orig=miner_orig, miner_methods=miner_types,
+                          pool_methods=pool_types, pool_answers=(), both_sides=bool(miner_types and pool_types),
+                          shares=miner[1], jobs=pool[2], login=miner[3], messages=0)
 
 
 @dataclass(frozen=True)
