@@ -15,6 +15,7 @@ from egressguard.detect import DetectorContext
 from egressguard.engine import CaptureDone, DetectorFactory, Engine, Event, FlowsReady, Settings, SourceFacts
 from egressguard.errors import CaptureError
 from egressguard.policy.allowlist import Allowlist
+from egressguard.policy.acquisition import DEFAULT_ACQUISITION, AcquisitionList, load_acquisition
 from egressguard.policy.pools import DEFAULT_POOLS, PoolList, load_pools
 from egressguard.policy.rules import ActiveRules, load_rules
 
@@ -26,7 +27,8 @@ def default_context(rules: ActiveRules | Allowlist | None = None, pools: PoolLis
     rules/pools.toml as packaged; an installation without it runs with no pool names or ports)."""
     if pools is None:
         pools = load_pools(DEFAULT_POOLS) if DEFAULT_POOLS.exists() else PoolList()
-    return DetectorContext.build(rules if rules is not None else load_rules(), pools)
+    acquisition = load_acquisition(DEFAULT_ACQUISITION) if DEFAULT_ACQUISITION.exists() else AcquisitionList()
+    return DetectorContext.build(rules if rules is not None else load_rules(), pools, acquisition)
 
 
 class Analyzer:

@@ -150,3 +150,36 @@ def test_opening_reads_forward_request_and_server_opens_of_each_implementation()
     for op in found["openssh-command.pcap"]:
         assert op.session and op.forward_request is None
         assert not any(o.kind == "tcp" for o in op.opens)
+
+
+def _kinds_with(rules_text, name):
+    from egressguard.policy.rules import parse_rules
+    kinds, notes = [], []
+    for event in Analyzer(rules=parse_rules(rules_text)).analyze(str(FOLDER / name)):
+        if isinstance(event, FlowsReady):
+            kinds += [str(f.kind) for f in event.result.findings if str(f.kind) in TUNNEL_KINDS]
+            notes += [a["ssh_tunnel_expected"] for a in event.result.annotations.values()
+                      if "ssh_tunnel_expected" in a]
+    return kinds, notes
+
+
+BASTION = 'version = 1\n[[allow]]\nname = "bastion"\ncidrs = ["198.18.0.2/32"]\nssh_tunnels = [{uses}]\n'
+
+
+def test_rules_can_expect_forward_tunnels_to_a_bastion_but_never_reverse_by_default():
+    assert _kinds_with('version = 1\n[[allow]]\nname = "bastion"\ncidrs = ["198.18.0.2/32"]\n',
+                       "go-local-forward.pcap")[0] == ["ssh_tunnel"]  # allowed destination, no tunnel expected
+    kinds, notes = _kinds_with(BASTION.format(uses='"forward"'), "go-local-forward.pcap")
+    assert kinds == [] and notes and "bastion" in notes[0]
+    # a forward expectation does not cover a reverse tunnel to the same host; only saying so does
+    assert _kinds_with(BASTION.format(uses='"forward"'), "paramiko-reverse-shell.pcap")[0] == ["reverse_ssh_tunnel"]
+    assert _kinds_with(BASTION.format(uses='"forward", "reverse"'), "paramiko-reverse-shell.pcap")[0] == []
+
+
+def test_bad_ssh_tunnel_use_is_one_clear_error():
+    from egressguard.errors import EgressGuardError
+    from egressguard.policy.rules import parse_rules
+    with pytest.raises(EgressGuardError, match="not an SSH tunnel use"):
+        parse_rules(BASTION.format(uses='"jump"'))
+    with pytest.raises(EgressGuardError, match="only allow entries"):
+        parse_rules('version = 1\n[[deny]]\nname = "x"\ncidrs = ["192.0.2.0/24"]\nssh_tunnels = ["forward"]\n')

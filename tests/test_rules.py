@@ -244,7 +244,7 @@ BAD = [
      "lists are [a, b], entries are [[allow]] / [[deny]] tables (see rules/README.md)"),
     ("version = 1\nallows = []\n",
      't.toml:2: allows: unknown key. Fix: did you mean "allow"? known keys here: version, settings, sandboxes, '
-     "classes, allow, deny"),
+     "classes, allow, deny, acquisition"),
     ("version = 2\n",
      "t.toml:1: version = 2: unsupported rules format version (this egressguard reads 1). Fix: write version = 1"),
     ('[[allow]]\ncidrs = ["10.0.0.0/33"]\n',
@@ -320,7 +320,7 @@ BAD = [
      "host, global, doh"),
     ('[[allow]]\ncidrs = ["1.2.3.0/24"]\nport = [443]\n',
      't.toml:3: allow[0].port: unknown key. Fix: did you mean "ports"? known keys here: name, cidrs, except, '
-     "cidrs_file, domains, domains_file, classes, ports, protocols, sources, severity"),
+     "cidrs_file, domains, domains_file, classes, ports, protocols, sources, severity, ssh_tunnels"),
     ('[[allow]]\nname = ""\ncidrs = ["1.2.3.0/24"]\n',
      't.toml:2: allow[0].name = "": must be a non-empty string. Fix: write name = "package registries"'),
     ('[[allow]]\ncidrs = ["1.2.3.0/24"]\nsources = { macs = ["02:42:ac:11:00"] }\n',

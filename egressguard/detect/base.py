@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterable, Protocol
 
 from egressguard.detect.dns_binding import DnsBinding
 from egressguard.flows.view import FlowView
+from egressguard.policy.acquisition import AcquisitionList
 from egressguard.policy.allowlist import Allowlist
 from egressguard.policy.pools import PoolList
 from egressguard.policy.rules import ActiveRules
@@ -39,12 +40,15 @@ class DetectorContext:
     rules: ActiveRules
     binding: DnsBinding
     pools: PoolList = field(default_factory=PoolList)
+    acquisition: AcquisitionList = field(default_factory=AcquisitionList)  # empty: no resource_acquisition by name
 
     @classmethod
-    def build(cls, rules: ActiveRules | Allowlist, pools: PoolList | None = None) -> "DetectorContext":
+    def build(cls, rules: ActiveRules | Allowlist, pools: PoolList | None = None,
+              acquisition: AcquisitionList | None = None) -> "DetectorContext":
         """A context over `rules` with a fresh DNS binding that keeps names at least the rules' min_dns_ttl."""
         active = rules if isinstance(rules, ActiveRules) else ActiveRules(rules)
-        return cls(active, DnsBinding(active.current.settings.min_dns_ttl_s), pools or PoolList())
+        return cls(active, DnsBinding(active.current.settings.min_dns_ttl_s), pools or PoolList(),
+                   acquisition or AcquisitionList())
 
 
 @dataclass

@@ -91,6 +91,7 @@ class Entry(NamedTuple):
     services: Services
     sources: Sources | None
     severity: Severity | None  # deny entries only
+    ssh_tunnels: tuple[str, ...] = ()  # allow entries: SSH tunnel uses expected to this destination (never by default)
 
     def label(self) -> str:
         """How findings and messages name the entry: `deny[0] "tunnel services" (line 12)`."""
@@ -130,6 +131,7 @@ class RuleSettings:
     min_dns_ttl_s: float = 3600.0
     sandbox_names: tuple[tuple[object, str], ...] = ()  # ((first, last) | mac int, name)
     class_overrides: tuple[tuple[str, Treatment, Severity | None], ...] = ()
+    acquisition: tuple = ()  # AcquisitionGrant per [[acquisition]] entry (policy/acquisition.py)
 
 
 @dataclass(frozen=True)

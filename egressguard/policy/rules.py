@@ -18,6 +18,7 @@ from egressguard.errors import RulesError
 from egressguard.netaddr import subtract
 from egressguard.policy import cache as rules_cache
 from egressguard.policy import syntax
+from egressguard.policy.acquisition import parse_grants
 from egressguard.policy.addrclass import ADDRESS_CLASSES, DOH_CLASS, GLOBAL_CLASS, HOST_CLASS, Treatment
 from egressguard.policy.allowlist import Allowlist, Entry, RuleSettings, Services, Sources
 from egressguard.policy.syntax import Context, domain_pattern
@@ -27,10 +28,11 @@ SCHEMA_VERSION = 1
 DEFAULT_RULES = Path(__file__).with_name("default_rules.toml")  # the same file as rules/default.toml
 DEFAULT_MIN_DNS_TTL_S = 3600  # Cilium's --tofqdns-min-ttl default: short TTLs must not unbind names in use
 MAX_MIN_DNS_TTL_S = 7 * 86400
-TOP_KEYS = ("version", "settings", "sandboxes", "classes", "allow", "deny")
+TOP_KEYS = ("version", "settings", "sandboxes", "classes", "allow", "deny", "acquisition")
 SETTINGS_KEYS = ("sandbox_networks", "host_addresses", "resolvers", "min_dns_ttl")
 ENTRY_KEYS = ("name", "cidrs", "except", "cidrs_file", "domains", "domains_file", "classes", "ports", "protocols",
-              "sources", "severity")
+              "sources", "severity", "ssh_tunnels")
+SSH_TUNNEL_USES = ("forward", "reverse")  # what an allow entry may expect of SSH to its destination
 _ENTRY_KEYSET = frozenset(ENTRY_KEYS)
 SOURCE_KEYS = ("cidrs", "macs", "interfaces")
 PORT_PROTOCOLS = (6, 17, 132)  # protocols whose flows have ports
@@ -147,7 +149,8 @@ def _settings(ctx: Context, doc: dict) -> RuleSettings:
                  f"write min_dns_ttl = {DEFAULT_MIN_DNS_TTL_S} (0 keeps the TTL each answer carries)")
     return RuleSettings(sandbox_networks=nets["sandbox_networks"], host_addresses=nets["host_addresses"],
                         resolvers=nets["resolvers"], min_dns_ttl_s=float(ttl),
-                        sandbox_names=_sandbox_names(ctx, doc), class_overrides=_class_overrides(ctx, doc))
+                        sandbox_names=_sandbox_names(ctx, doc), class_overrides=_class_overrides(ctx, doc),
+                        acquisition=parse_grants(ctx, doc, _sources))
 
 
 def _sandbox_names(ctx: Context, doc: dict) -> tuple[tuple[object, str], ...]:
@@ -262,13 +265,23 @@ def _entry(ctx: Context, action: str, i: int, raw: object) -> Entry:
             ctx.fail(path + ("severity",), raw["severity"], "only deny entries have a severity",
                      "remove it (a flow that an allow entry matches raises no finding)")
         severity = _severity(ctx, path + ("severity",), raw["severity"])
+    tunnels: list[str] = []
+    if "ssh_tunnels" in raw:
+        if action != "allow":
+            ctx.fail(path + ("ssh_tunnels",), raw["ssh_tunnels"], "only allow entries expect SSH tunnels",
+                     "remove it, or move the destination to an [[allow]] entry")
+        tunnels = ctx.list_of(path + ("ssh_tunnels",), raw["ssh_tunnels"], str, '["forward"]')
+        for j, use in enumerate(tunnels):
+            if use not in SSH_TUNNEL_USES:
+                ctx.fail(path + ("ssh_tunnels", j), use, "not an SSH tunnel use",
+                         f"write one of {', '.join(SSH_TUNNEL_USES)} (forward: -L, -D, -J, -w; reverse: -R)")
     cidr_text = tuple(t for _, t in cidrs[:20])
     if len(cidrs) > 20:
         cidr_text += (f"... {len(cidrs) - 20:,} more",)
     return Entry(action, i, name.strip(), ctx.entry_line(action, i), ranges, cidr_text,
                  tuple(t for _, t in holes), tuple(domains), tuple(classes), _services(ctx, path, raw),
                  _sources(ctx, path, raw["sources"]) if "sources" in raw else None,
-                 severity if action == "allow" else (severity or Severity.HIGH))
+                 severity if action == "allow" else (severity or Severity.HIGH), tuple(tunnels))
 
 
 _SERVICES_CACHE: dict[tuple, Services] = {}

@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from egressguard.policy.allowlist import CLASS_NAMES, CLASSES, Allowlist
+from egressguard.policy.acquisition import CATEGORIES, DEFAULT_ACQUISITION, AcquisitionList, load_acquisition
 from egressguard.policy.addrclass import DOH_ADDRESSES, DOH_NAMES
 from egressguard.netaddr import range_text
 
@@ -96,6 +97,26 @@ def render_classes(rules: Allowlist) -> Table:
     return t
 
 
+def render_acquisition(rules: Allowlist, endpoints: AcquisitionList | None = None) -> Table:
+    """The resource-acquisition categories: what each covers, its listed endpoints, and the [[acquisition]] entries
+    that allow it (for which sandboxes)."""
+    if endpoints is None:
+        endpoints = load_acquisition(DEFAULT_ACQUISITION) if DEFAULT_ACQUISITION.exists() else AcquisitionList()
+    t = Table(title="Resource acquisition (resource_acquisition findings)", title_justify="left")
+    for col in ("category", "covers", "listed", "allowed by"):
+        t.add_column(col, overflow="fold", no_wrap=col == "category")
+    grants = rules.settings.acquisition
+    for category, text in CATEGORIES.items():
+        allowed = [f"{escape(g.label())}: " + (escape(g.sources.text()) if g.sources else "every sandbox")
+                   for g in grants if category in g.categories]
+        t.add_row(category, text, str(endpoints.count(category)), "\n".join(allowed) or "[dim]reported[/dim]")
+    for g in grants:
+        if g.endpoints:
+            t.add_row("[dim]endpoints[/dim]", _items(list(g.endpoints)), "",
+                      f"{escape(g.label())}: " + (escape(g.sources.text()) if g.sources else "every sandbox"))
+    return t
+
+
 def render_rules(rules: Allowlist) -> Group:
     """Everything `rules check` prints for a valid file."""
-    return Group(render_settings(rules), render_entries(rules), render_classes(rules))
+    return Group(render_settings(rules), render_entries(rules), render_classes(rules), render_acquisition(rules))
