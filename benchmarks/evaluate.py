@@ -42,6 +42,13 @@ from egressguard.policy.rules import load_rules  # noqa: E402
 FINDING_CLASS = {"reverse_ssh_tunnel": "reverse_ssh_tunnel", "ssh_tunnel": "ssh_tunnel_other", "mining": "stratum",
                  "dns_tunnel": "dns_tunnel", "icmp_tunnel": "icmp_tunnel", "reverse_shell": "reverse_shell"}
 POLICY_KINDS = {"unexpected_destination"}  # policy findings: scored only against a folder's own rules.toml
+def finding_class(finding) -> str:
+    """The label class a finding stands for: its kind's class; a resource_acquisition finding's category."""
+    if str(finding.kind) == "resource_acquisition":
+        return str(finding.details.get("category", "resource_acquisition"))
+    return FINDING_CLASS.get(str(finding.kind), str(finding.kind))
+
+
 SSH_USE_CLASS = {"interactive": "ssh_interactive", "file_transfer": "ssh_transfer", "command": "ssh_command"}
 SEVERITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 FLOW_SPEC = re.compile(r"^(?P<proto>TCP|UDP|ICMP)\s+(?P<a>\S+)\s+(?P<arrow>->|<->)\s+(?P<b>\S+)", re.I)
@@ -150,7 +157,7 @@ def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[
                 if event.view.records[row]["key_hash"] == finding.flow["key_hash"] and \
                         event.view.records[row]["first_seen_ns"] == finding.flow["first_seen_ns"]:
                     matched = True
-                    cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
+                    cls = finding_class(finding)
                     rank = int(finding.severity)
                     if row not in worst or rank > worst[row][0]:
                         worst[row] = (rank, cls, f"{finding.kind} {finding.severity.label()} {finding.score:.2f}")
@@ -180,7 +187,7 @@ def analyse(path: Path, analyzer: Analyzer, score_policy: bool = False) -> list[
 def _cover(flows: list[FlowSeen], finding) -> None:
     """Predict a finding's class for the flows it is about: its own flow record, and for an aggregated DNS tunnel
     finding every DNS flow from its sandbox to the resolvers it names (per (sandbox, domain), not per flow)."""
-    cls = FINDING_CLASS.get(str(finding.kind), str(finding.kind))
+    cls = finding_class(finding)
     detail = f"{finding.kind} {finding.severity.label()} {finding.score:.2f}"
     key = (int(finding.flow["key_hash"]), int(finding.flow["first_seen_ns"]))
     dns = finding.details.get("dns_tunnel")

@@ -241,6 +241,8 @@ class FindingKind(enum.StrEnum):
     ICMP_TUNNEL = "icmp_tunnel"
     BEACON = "beacon"
     LONG_CONNECTION = "long_connection"
+    REVERSE_SHELL = "reverse_shell"  # a connection out of the sandbox over which the remote side drives a shell
+    RESOURCE_ACQUISITION = "resource_acquisition"  # billing, provisioning, payment, exchange or wallet endpoints
 
 
 @dataclass(frozen=True)

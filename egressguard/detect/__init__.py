@@ -12,10 +12,13 @@ from egressguard.detect.dns_tunnel import DnsTunnelDetector
 from egressguard.detect.egress import UnexpectedDestinationDetector
 from egressguard.detect.icmp_tunnel import IcmpTunnelDetector
 from egressguard.detect.mining import MiningDetector
+from egressguard.detect.resource_acquisition import ResourceAcquisitionDetector
+from egressguard.detect.reverse_shell import ReverseShellDetector
 from egressguard.detect.ssh_tunnel import SshTunnelDetector
 
 DETECTORS: tuple[type[Detector], ...] = (SshTunnelDetector, MiningDetector, UnexpectedDestinationDetector,
-                                         DnsTunnelDetector, IcmpTunnelDetector, BeaconDetector)
+                                         DnsTunnelDetector, IcmpTunnelDetector, BeaconDetector,
+                                         ReverseShellDetector, ResourceAcquisitionDetector)
 BY_NAME: dict[str, type[Detector]] = {cls.name: cls for cls in DETECTORS}
 
 __all__ = ["BY_NAME", "BatchResult", "DETECTORS", "Detector", "DetectorContext", "DnsBinding", "LiveMode",
