@@ -4,19 +4,16 @@ Field names here are the stable output contract documented in README.md; add fie
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import struct
 from typing import Any
 
 import numpy as np
 
 from egressguard.netaddr import format_address, format_mac  # noqa: F401  (re-exported for report users)
+from egressguard.report.community_id import decoded_community_id
 from egressguard.schema import CaptureSummary, EndReason, Finding, FlowFlag, proto_name
 
 _IPV4_MAPPED = 0xFFFF << 32
-# ICMP types that Community ID v1 treats as one-way (no request/reply counterpart): these are never reordered.
-_ICMP_TWO_WAY = {1: {8, 0, 13, 14, 15, 16, 10, 9, 17, 18}, 58: {128, 129, 133, 134, 135, 136, 130, 131, 139, 140, 144, 145}}
 
 
 def address_bytes(hi: int, lo: int, ip_version: int) -> bytes:
@@ -30,13 +27,7 @@ def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, see
     """Community ID v1 of a flow (github.com/corelight/community-id-spec): base64 SHA-1 over the ordered tuple.
 
     For ICMP, sport/dport are the type and counterpart type or code, as the decoder stores them."""
-    one_way = proto in _ICMP_TWO_WAY and sport not in _ICMP_TWO_WAY[proto]
-    if not one_way and (src, sport) > (dst, dport):
-        src, dst, sport, dport = dst, src, dport, sport
-    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
-    if proto in (1, 6, 17, 58, 132):
-        data += struct.pack("!HH", sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+    return decoded_community_id(src, dst, proto, sport, dport, seed)
 
 
 def _seconds(ns: int) -> float:
