@@ -23,7 +23,7 @@ from egressguard.live.sandboxes import NEW_DESTINATIONS_PER_CALL, RateMeter, San
 from egressguard.netaddr import endpoint, format_mac
 from egressguard.report.records import finding_record
 from egressguard.schema import CaptureSummary, DestinationView, Finding, InterfaceView, LiveSnapshot, SandboxView, \
-    proto_name
+    Severity, proto_name
 
 WINDOW_FLOWS = 20_000  # open flows an aggregating detector (DNS/ICMP tunnels) judges per round, newest first
 
@@ -86,6 +86,8 @@ class LiveMonitor:
         self.findings: OrderedDict[tuple, tuple[Finding, dict]] = OrderedDict()  # current findings by key
         self.messages: list[str] = []
         self.emitted = 0
+        self.reported: dict[tuple[str, str], int] = {}  # findings let out by the gate, by (kind, severity)
+        self.rounds = 0  # open-flow judging rounds run
         self.started_ns = clock()
         self._lock = threading.Lock()
         self._view: LiveSnapshot | None = None
@@ -177,6 +179,7 @@ class LiveMonitor:
     def _judge_open_flows(self) -> None:
         """Judge the open flows that saw packets since the last round (a flow that did not change has no new
         evidence); the per-sandbox open counts come from a few columns of all of them."""
+        self.rounds += 1
         rules = self.rules.current
         cols = self.engine.live_columns()
         self._active = len(cols["orig_hi"])
@@ -212,6 +215,8 @@ class LiveMonitor:
             self.book.note_finding(finding, endpoint(finding.flow, "orig"))
             if self.gate.admit(finding, now_s):
                 self.emitted += 1
+                kind_severity = (str(finding.kind), Severity(finding.severity).label())
+                self.reported[kind_severity] = self.reported.get(kind_severity, 0) + 1
                 self.emit(record)
 
     def _record(self, finding: Finding) -> dict:
@@ -290,6 +295,11 @@ class LiveMonitor:
             if view is not None and self.messages and view.messages != tuple(self.messages):
                 view = replace(view, messages=tuple(self.messages))
         return view
+
+    def latest_view(self) -> LiveSnapshot | None:
+        """The last view built, also after the monitor stopped (the metrics exporter reads its counters)."""
+        with self._lock:
+            return self._view
 
     def summary(self) -> CaptureSummary:
         return self.engine.summary(SourceFacts("live", warnings=tuple(self.messages) + self.bounds_hit()))

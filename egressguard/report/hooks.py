@@ -63,6 +63,7 @@ class FindingHook:
         self.min_severity = min_severity
         self.timeout_s = timeout_s
         self._report = report
+        self.runs = self.failures = 0  # outcomes so far (a full queue counts as a failure); read by the metrics
         self._queue: queue.Queue = queue.Queue(QUEUE_LIMIT)
         self._worker = threading.Thread(target=self._work, name="finding-hook", daemon=True)
         self._worker.start()
@@ -74,6 +75,7 @@ class FindingHook:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
+            self.failures += 1
             self._report(HookOutcome(False, f"hook queue full ({QUEUE_LIMIT}): not run for a {record.get('kind')} "
                                             f"finding about {record.get('src_ip')}"))
 
@@ -87,7 +89,10 @@ class FindingHook:
             record = self._queue.get()
             if record is None:
                 return
-            self._report(self.run(record))
+            outcome = self.run(record)
+            self.runs += 1
+            self.failures += not outcome.ok
+            self._report(outcome)
 
     def run(self, record: dict) -> HookOutcome:
         """Run the command once for `record` (synchronously)."""
