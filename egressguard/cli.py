@@ -68,9 +68,15 @@ def main() -> None:
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
-              help="Readable tables, or one JSON object per line on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "eve", "zeek"]), default="table",
+              show_default=True,
+              help="Readable tables; one JSON object per line on stdout (jsonl); Suricata EVE JSON events (eve, "
+                   "flows included); Zeek conn/dns/ssl JSON logs for RITA (zeek, needs --output-dir).")
 @click.option("--flows", "with_flows", is_flag=True, help="With --format jsonl: also write one record per flow.")
+@click.option("-o", "--output", "output_file", type=click.Path(dir_okay=False), default=None,
+              help="With --format jsonl or eve: write the lines to this file instead of stdout.")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="With --format zeek: the directory for conn.log, dns.log and ssl.log (created; files replaced).")
 @click.option("--capacity", type=click.IntRange(1, 1 << 28), default=1 << 18, show_default=True,
               help="Most flows held at once; the oldest idle flow is evicted (and counted) beyond it.")
 @click.option("--payload-slots", type=click.IntRange(0, 1 << 28), default=None,
@@ -88,12 +94,17 @@ def main() -> None:
               help="Allowlist rules (TOML, see rules/README.md) [default: rules/default.toml].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
-def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int, payload_slots: int | None,
-            tcp_idle: float, other_idle: float, active_timeout: float, detect: bool, rules_file: str | None,
-            progress: bool | None) -> None:
+def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: str | None, output_dir: str | None,
+            capacity: int, payload_slots: int | None, tcp_idle: float, other_idle: float, active_timeout: float,
+            detect: bool, rules_file: str | None, progress: bool | None) -> None:
     """Analyse pcap/pcapng captures (plain, gzip, bzip2 or xz; '-' reads standard input)."""
-    if with_flows and fmt != "jsonl":
-        raise click.UsageError("--flows needs --format jsonl")
+    if with_flows and fmt not in ("jsonl", "eve"):
+        raise click.UsageError("--flows needs --format jsonl (--format eve always writes flows)")
+    if (fmt == "zeek") != (output_dir is not None):
+        raise click.UsageError("--format zeek needs --output-dir DIR" if fmt == "zeek"
+                               else "--output-dir is for --format zeek")
+    if output_file is not None and fmt not in ("jsonl", "eve"):
+        raise click.UsageError("--output is for --format jsonl or eve")
     if captures.count("-") > 1:
         raise click.UsageError("standard input ('-') can be read only once")
     _quick_process()
@@ -113,7 +124,11 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
     ctx = _context(rules_file) if detect else None
     from egressguard.report.text import safe_text
 
-    report = _make_report(fmt, with_flows)
+    try:
+        report = _make_report(fmt, with_flows, output_file, output_dir)
+    except EgressGuardError as exc:
+        _fail(str(exc), exc.exit_status)
+    wants_view = getattr(report, "wants_view", False)  # eve/zeek read DNS messages and TLS names from the view
     show_progress = sys.stderr.isatty() if progress is None else progress
     failures = 0
     try:
@@ -127,7 +142,7 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, capacity: int
                     for event in analyzer.analyze(spec, bar.update):
                         if isinstance(event, FlowsReady):
                             report.batch(event.capture, event.view.records, event.result.annotations,
-                                         event.result.findings)
+                                         event.result.findings, **({"view": event.view} if wants_view else {}))
                             continue
                         report.summary(event.summary)
                         for w in event.summary.warnings:
@@ -178,6 +193,8 @@ def rules_check(rules_file: str) -> None:
                    "stdout as JSON lines.")
 @click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), default=None,
               help="Also append each finding as one JSON line to this file (reopened after log rotation).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "eve"]), default="jsonl", show_default=True,
+              help="Findings on stdout and in --alerts as egressguard JSON lines, or as Suricata EVE alerts.")
 @click.option("--on-finding", "on_finding", default=None, metavar="CMD",
               help="Run CMD (no shell) for each new finding, the finding JSON on stdin and EGRESSGUARD_* variables "
                    "in its environment; 'egressguard hook cut-port' cuts the sandbox's veth.")
@@ -194,9 +211,12 @@ def rules_check(rules_file: str) -> None:
               help="Seconds without packets after which a UDP/ICMP/other flow ends.")
 @click.option("--user", default=None, metavar="USER",
               help="Drop root for this user once the capture sockets are open.")
+@click.option("--metrics", "metrics_address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics ('[::1]:PORT' for IPv6, ':PORT' for all).")
 def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, dashboard: bool | None,
-          alerts_file: str | None, on_finding: str | None, on_finding_severity: str, suppress: float, capacity: int,
-          tcp_idle: float, other_idle: float, user: str | None) -> None:
+          alerts_file: str | None, fmt: str, on_finding: str | None, on_finding_severity: str, suppress: float,
+          capacity: int, tcp_idle: float, other_idle: float, user: str | None,
+          metrics_address: str | None = None) -> None:
     """Watch interfaces live: findings as they happen, per sandbox (needs root or CAP_NET_RAW)."""
     _quick_process()
     import signal
@@ -207,12 +227,21 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     from egressguard.flows import FlowSettings
     from egressguard.live import LiveMonitor, WatchSettings
     from egressguard.report.alerts import AlertsFile
+    from egressguard.report.eve import alert_event
     from egressguard.report.hooks import FindingHook, parse_command
     from egressguard.schema import Severity
     from egressguard.report.jsonl import dumps
 
     if len(set(interfaces)) != len(interfaces):
         raise click.UsageError("an interface is named twice")
+    metrics = listen = None
+    if metrics_address is not None:
+        from egressguard.live.metrics import MetricsExporter, parse_listen_address
+
+        try:
+            listen = parse_listen_address(metrics_address)
+        except ValueError as exc:
+            raise click.BadParameter(f"{metrics_address!r}: {exc}", param_hint="--metrics") from None
     argv = None
     if on_finding is not None:
         try:
@@ -236,6 +265,9 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
         source.open()
         alerts = AlertsFile(alerts_file) if alerts_file else None
         monitor = LiveMonitor(source, ctx, lambda record: emit(record), settings)
+        if listen is not None:  # before dropping root (a port below 1024 needs it) and before the slow warm-up
+            metrics = MetricsExporter(monitor)
+            metrics.start(*listen)
         monitor.warm_up()  # compile/load every kernel and import every module while still root
         if user is not None:
             drop_privileges(user)
@@ -247,15 +279,16 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
         _fail(str(exc), exc.exit_status)
 
     def emit(record: dict) -> None:
+        line_record = alert_event(record) if fmt == "eve" else record  # the hook keeps egressguard's record
         if not show_dashboard:
             try:
-                sys.stdout.write(dumps(record) + "\n")
+                sys.stdout.write(dumps(line_record) + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:
                 stop.set()
         if alerts is not None:
             try:
-                alerts.write(record)
+                alerts.write(line_record)
             except EgressGuardError as exc:
                 monitor.note(str(exc))
                 click.echo(f"egressguard: error: {exc}", err=True)
@@ -268,6 +301,8 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
             if not outcome.ok or not show_dashboard:
                 click.echo(f"egressguard: {'hook' if outcome.ok else 'warning'}: {outcome.message}", err=True)
         hook = FindingHook(argv, Severity.parse(on_finding_severity), hook_report)
+        if metrics is not None:
+            metrics.hook = hook
 
     def on_stop(signum, frame) -> None:
         stop.set()
@@ -304,6 +339,8 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
         hook.close()
     if alerts is not None:
         alerts.close()
+    if metrics is not None:
+        metrics.close()
     summary = monitor.summary()
     click.echo(f"egressguard: stopped: {summary.packets} packets, {summary.flows} flows, {monitor.emitted} findings"
                f" reported, {summary.evictions} flows evicted", err=True)
@@ -353,17 +390,34 @@ def _context(rules_file: str | None):
         _fail(str(exc), exc.exit_status)
 
 
-def _make_report(fmt: str, with_flows: bool):
+def _make_report(fmt: str, with_flows: bool, output_file: str | None = None, output_dir: str | None = None):
+    out = sys.stdout if output_file is None else _open_output(output_file)
     if fmt == "jsonl":
         from egressguard.report.jsonl import JsonlReport
 
-        return JsonlReport(sys.stdout, with_flows)
+        return JsonlReport(out, with_flows)
+    if fmt == "eve":
+        from egressguard.report.eve import EveReport
+
+        return EveReport(out)
+    if fmt == "zeek":
+        from egressguard.report.zeek import ZeekReport
+
+        return ZeekReport(output_dir)
     from rich.console import Console
 
     from egressguard.report.table import TableReport
 
     # a pipe or file gets wide lines rather than folded addresses
     return TableReport(Console(highlight=False, width=None if sys.stdout.isatty() else 140))
+
+
+def _open_output(path: str):
+    """The --output file, opened for writing (exit 2 with the reason when it cannot be)."""
+    try:
+        return open(path, "w", encoding="ascii")
+    except OSError as exc:
+        _fail(f"{path}: cannot write the output file: {exc.strerror or exc}", ExitStatus.USAGE)
 
 
 class _Progress:
