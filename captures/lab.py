@@ -499,22 +499,32 @@ def record(names: list[str], out_dir: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scenario_main(argv: list[str] | None, description: str, names: list[str], default_out: Path,
+                  record_names=None, describe=None) -> int:
+    """The command line every lab module shares: `record [NAME...] [--out DIR]` and `list`. `record_names(names,
+    out)` records (default: record); `describe(name)` is the line `list` prints after a name (default: the
+    scenario's docstring, whitespace folded)."""
+    parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("record", help="record scenarios (all when none is named)")
+    rec = sub.add_parser("record", help="record scenarios (all of this module's when none is named)")
     rec.add_argument("scenarios", nargs="*")
-    rec.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    rec.add_argument("--out", type=Path, default=default_out)
     sub.add_parser("list", help="list the scenarios")
     args = parser.parse_args(argv)
     if args.cmd == "list":
-        for name, fn in sorted(SCENARIOS.items()):
-            print(f"{name:24} {(fn.__doc__ or '').strip()}")
+        width = max(map(len, names), default=0) + 2
+        for name in names:
+            line = describe(name) if describe else " ".join((SCENARIOS[name].__doc__ or "").split())
+            print(f"{name:{width}}{line}")
         return 0
-    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    unknown = [n for n in args.scenarios if n not in names]
     if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(sorted(SCENARIOS))}")
-    return record(args.scenarios or sorted(SCENARIOS), args.out)
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(names)}")
+    return (record_names or record)(args.scenarios or list(names), args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return scenario_main(argv, __doc__.split("\n\n")[0], sorted(SCENARIOS), Path(__file__).resolve().parent)
 
 
 import lab_mining  # noqa: E402,F401  (mining scenarios: registers them here, also when lab.py runs as the program)

@@ -17,7 +17,6 @@ server address. Nothing leaves the namespaces.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -341,21 +340,7 @@ def acquisition_negatives(lab_: Lab) -> list[Label]:
 
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("record", help="record scenarios (all of this module's when none is named)")
-    rec.add_argument("scenarios", nargs="*")
-    rec.add_argument("--out", type=Path, default=FOLDER)
-    sub.add_parser("list", help="list the scenarios")
-    args = parser.parse_args(argv)
-    if args.cmd == "list":
-        for name in ACQUISITION_SCENARIOS:
-            print(f"{name:28} {(lab.SCENARIOS[name].__doc__ or '').strip().splitlines()[0]}")
-        return 0
-    unknown = [n for n in args.scenarios if n not in ACQUISITION_SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(ACQUISITION_SCENARIOS)}")
-    return lab.record(args.scenarios or ACQUISITION_SCENARIOS, args.out)
+    return lab.scenario_main(argv, __doc__.split("\n\n")[0], list(ACQUISITION_SCENARIOS), FOLDER)
 
 
 if __name__ == "__main__":

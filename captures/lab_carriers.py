@@ -1183,23 +1183,7 @@ def proxy_target_policy(lab: Lab) -> list[Label]:
 
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("record", help="record scenarios (all of this module's when none is named)")
-    rec.add_argument("scenarios", nargs="*")
-    rec.add_argument("--out", type=Path, default=FOLDER)
-    sub.add_parser("list", help="list the scenarios")
-    args = parser.parse_args(argv)
-    if args.cmd == "list":
-        for name in OURS:
-            print(f"{name:28} {' '.join((_lab.SCENARIOS[name].__doc__ or '').split())}")
-        return 0
-    unknown = [n for n in args.scenarios if n not in OURS]
-    if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(OURS)}")
-    return _lab.record(args.scenarios or list(OURS), args.out)
+    return _lab.scenario_main(argv, __doc__.split("\n\n")[0], list(OURS), FOLDER)
 
 
 if __name__ == "__main__":

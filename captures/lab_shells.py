@@ -21,7 +21,6 @@ proxy, never crosses the bridge). Nothing leaves the namespaces.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -821,21 +820,7 @@ def record(names: list[str], out_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("record", help="record scenarios (all of this module's when none is named)")
-    rec.add_argument("scenarios", nargs="*")
-    rec.add_argument("--out", type=Path, default=FOLDER)
-    sub.add_parser("list", help="list the scenarios")
-    args = parser.parse_args(argv)
-    if args.cmd == "list":
-        for name in SHELL_SCENARIOS:
-            print(f"{name:24} {(lab.SCENARIOS[name].__doc__ or '').strip().splitlines()[0]}")
-        return 0
-    unknown = [n for n in args.scenarios if n not in SHELL_SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SHELL_SCENARIOS)}")
-    return record(args.scenarios or SHELL_SCENARIOS, args.out)
+    return lab.scenario_main(argv, __doc__.split("\n\n")[0], list(SHELL_SCENARIOS), FOLDER, record)
 
 
 if __name__ == "__main__":

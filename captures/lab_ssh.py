@@ -15,7 +15,6 @@ A scenario whose software is missing is skipped with the reason (`missing()` nam
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import functools
@@ -1401,26 +1400,17 @@ def record(names: list[str], out_dir: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("record", help="record scenarios (all of this module's when none is named)")
-    rec.add_argument("scenarios", nargs="*")
-    rec.add_argument("--out", type=Path, default=FOLDER)
-    sub.add_parser("list", help="list the scenarios and what each needs that is missing here")
-    args = parser.parse_args(argv)
-    if args.cmd == "list":
-        for name in NAMES:
-            why = missing(name)
-            doc = (SCENARIOS[name].__doc__ or "").strip()
-            print(f"{name:34} {doc}" + (f"  [missing: {', '.join(why)}]" if why else ""))
-        return 0
-    unknown = [n for n in args.scenarios if n not in NAMES]
-    if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(NAMES)}")
-    started = time.time()
-    _, problems = record(args.scenarios or NAMES, args.out)
-    print(f"lab_ssh: done in {time.time() - started:.0f} s")
-    return 1 if any(why.startswith("failed") for why in problems.values()) else 0
+    def record_all(names: list[str], out: Path) -> int:
+        started = time.time()
+        _, problems = record(names, out)
+        print(f"lab_ssh: done in {time.time() - started:.0f} s")
+        return 1 if any(why.startswith("failed") for why in problems.values()) else 0
+
+    def describe(name: str) -> str:
+        why = missing(name)
+        return (SCENARIOS[name].__doc__ or "").strip() + (f"  [missing: {', '.join(why)}]" if why else "")
+
+    return lab.scenario_main(argv, __doc__.split("\n\n")[0], list(NAMES), FOLDER, record_all, describe)
 
 
 if __name__ == "__main__":
