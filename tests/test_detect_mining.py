@@ -553,3 +553,6 @@ def test_tls_pool_rhythm_ignores_web_like_traffic():
     # keepalive pings answered at once and pushes of one size, but far too fast to be jobs (under a second)
     sizes, times = _pool_records(gap=0.5)
     assert tls_pool_rhythm(sizes, times, Params()) is None
+    # MQTT over TLS: telemetry published every 5 s, PINGREQ/PINGRESP (2 B + 22 B of TLS 1.3) answered at once
+    sizes, times = _pool_records(push=180, submit=24, ack=24, gap=5.0)
+    assert tls_pool_rhythm(sizes, times, Params()) is None

@@ -81,6 +81,11 @@ class Params:
     tls_max_message: float = 600.0  # Stratum jobs and shares are a few hundred bytes (carriers-and-implementations 5)
     tls_min_duration_s: float = 5.0
     tls_ack_s: float = 0.1  # a pool acknowledges a share at once
+    # record sizes below which a message is no share and no acknowledgement (Stratum v1 / xmrig JSON lines: a submit
+    # names worker, job, nonce and result, ~100 B and more; {"id":4,"result":true,"error":null} is 36 B, then the
+    # 21-29 B of TLS): MQTT's 2-byte PINGREQ/PINGRESP and 4-byte PUBACK, HTTP/2 PINGs and pings stay below
+    tls_min_submit: int = 100
+    tls_min_ack: int = 45
     tls_push_quiet_s: float = 0.3  # a push: no sandbox packet in the 0.3 s before it
     burst_gap_s: float = 1.0  # detection-science 6: a burst ends after >= 1 s of silence
     pair_memory: int = 65536  # proven (sandbox, pool) pairs kept (nDPI lru.mining.size is 1024)
@@ -225,7 +230,8 @@ def tls_pool_rhythm(sizes: list[int], times_s: list[float], p: "Params") -> tupl
     sub_size, ack_size = max(submits, key=lambda x: sum(abs(s - x[0]) <= tol and a == x[1] for s, a in submits))
     same = [(s, a) for s, a in submits if abs(s - sub_size) <= tol and a == ack_size]
     if len(steady) < p.tls_min_pushes or len(same) < p.tls_min_submits or ack_size >= 128 or \
-            push_size > p.tls_max_message or sub_size > p.tls_max_message:
+            push_size > p.tls_max_message or sub_size > p.tls_max_message or sub_size < p.tls_min_submit or \
+            ack_size < p.tls_min_ack:
         return None
     gaps = np.diff([t for t, _ in steady])
     gap = float(np.median(gaps))
