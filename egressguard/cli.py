@@ -94,9 +94,11 @@ def main() -> None:
               help="Allowlist rules (TOML, see rules/README.md) [default: rules/default.toml].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
+@click.option("--evidence", "evidence_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write each finding's packets to a pcap in DIR (named in the record's evidence_pcap).")
 def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: str | None, output_dir: str | None,
             capacity: int, payload_slots: int | None, tcp_idle: float, other_idle: float, active_timeout: float,
-            detect: bool, rules_file: str | None, progress: bool | None) -> None:
+            detect: bool, rules_file: str | None, progress: bool | None, evidence_dir: str | None) -> None:
     """Analyse pcap/pcapng captures (plain, gzip, bzip2 or xz; '-' reads standard input)."""
     if with_flows and fmt not in ("jsonl", "eve"):
         raise click.UsageError("--flows needs --format jsonl (--format eve always writes flows)")
@@ -126,6 +128,12 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
 
     try:
         report = _make_report(fmt, with_flows, output_file, output_dir)
+        evidence = None
+        if evidence_dir is not None:
+            if "-" in captures:
+                raise click.UsageError("--evidence needs capture files: standard input cannot be read twice")
+            from egressguard.evidence import EvidenceWriter
+            evidence = EvidenceWriter(evidence_dir)
     except EgressGuardError as exc:
         _fail(str(exc), exc.exit_status)
     wants_view = getattr(report, "wants_view", False)  # eve/zeek read DNS messages and TLS names from the view
@@ -141,12 +149,18 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
                 try:
                     for event in analyzer.analyze(spec, bar.update):
                         if isinstance(event, FlowsReady):
+                            for finding in event.result.findings if evidence is not None else ():
+                                evidence.assign(spec, finding)
                             report.batch(event.capture, event.view.records, event.result.annotations,
                                          event.result.findings, **({"view": event.view} if wants_view else {}))
                             continue
                         report.summary(event.summary)
                         for w in event.summary.warnings:
                             bar.echo(f"egressguard: warning: {safe_text(w)}")
+                    for path, _, skipped in evidence.write(spec) if evidence is not None else ():
+                        if skipped:
+                            bar.echo(f"egressguard: warning: {safe_text(path)}: {skipped} packet(s) of another "
+                                     f"link type left out")
                 except EgressGuardError as exc:
                     failures += 1
                     bar.echo(f"egressguard: error: {safe_text(str(exc))}")
