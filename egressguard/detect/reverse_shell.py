@@ -92,8 +92,13 @@ class ShellText:
         return noisy_or(w for w, _ in self.markers)
 
 
+_TYPED_BYTES = bytes(range(0x20, 0x7F)) + b"\x7f\x08\t"  # what a typed line may hold (printable, rub-outs)
+
+
 def _edit(line: bytes) -> bytes:
     """A typed line after its DEL/backspace rub-outs."""
+    if b"\x7f" not in line and b"\x08" not in line:
+        return line
     out = bytearray()
     for b in line:
         if b in (0x7F, 0x08):
@@ -110,6 +115,9 @@ def remote_commands(remote: bytes) -> list[str]:
     found = []
     pieces = _LINE_SPLIT.split(remote)
     for raw in pieces[:-1]:  # the last piece has no line end yet
+        # no typed command line is this long, even with its rub-outs, or holds other control or non-ASCII bytes
+        if len(raw) > 600 or raw.translate(None, _TYPED_BYTES):
+            continue
         line = _edit(raw).strip()
         if not line or len(line) > 300 or any(b < 0x20 or b > 0x7E for b in line):
             continue
@@ -211,15 +219,16 @@ ASK_KEY_MAX = 64  # a keystroke in a record or frame: 1 byte plus TLS 1.3 (22 B)
 
 
 def measure_shape(sizes: np.ndarray, times_us: np.ndarray, p: Params = Params()) -> Shape:
-    """Who leads each burst, what the remote side asks and the sandbox answers, and the typing cadence."""
+    """Who leads each burst, what the remote side asks and the sandbox answers, and the typing cadence (plain
+    Python over the at most 64 early packets: numpy's per-call cost is larger than the work here)."""
     shape = Shape()
     n = len(sizes)
     if n < 2:
         return shape
-    t = times_us.astype(np.float64) / 1e6
-    gaps = np.diff(t)
-    cuts = np.flatnonzero(gaps >= p.pause_s) + 1
-    bounds = list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, n].tolist()))
+    sizes = [int(x) for x in sizes.tolist()] if hasattr(sizes, "tolist") else list(sizes)
+    t = [x / 1e6 for x in (times_us.tolist() if hasattr(times_us, "tolist") else times_us)]
+    cuts = [i + 1 for i in range(n - 1) if t[i + 1] - t[i] >= p.pause_s]
+    bounds = list(zip([0] + cuts, cuts + [n]))
     if t[0] < p.pause_s:
         bounds = bounds[1:]  # the first burst is the setup (banner, prompt, TLS or proxy handshake)
     last_lead = None
@@ -230,24 +239,23 @@ def measure_shape(sizes: np.ndarray, times_us: np.ndarray, p: Params = Params())
             continue
         shape.led_remote += 1
         if shape.first_lead_s is None:
-            shape.first_lead_s = float(t[lo])
+            shape.first_lead_s = t[lo]
         if last_lead is not None:
-            shape.lead_gaps.append(float(t[lo] - last_lead))
-        last_lead = float(t[lo])
-        ask = int(-s[s < 0].sum())
-        shape.asks.append(ask)
-        later = np.flatnonzero(s > 0)
-        if len(later) and t[lo + later[0]] - t[lo] <= p.answer_window_s:
+            shape.lead_gaps.append(t[lo] - last_lead)
+        last_lead = t[lo]
+        shape.asks.append(-sum(x for x in s if x < 0))
+        first_answer = next((k for k, x in enumerate(s) if x > 0), None)
+        if first_answer is not None and t[lo + first_answer] - t[lo] <= p.answer_window_s:
             shape.answered += 1
-            shape.answers.append(int(s[s > 0].sum()))
+            shape.answers.append(sum(x for x in s if x > 0))
         # keystrokes: a small remote packet answered by the sandbox within echo_within_s
         prev_key = None
         for i in range(lo, hi - 1):
             if -ASK_KEY_MAX <= sizes[i] < 0 and sizes[i + 1] > 0 and t[i + 1] - t[i] <= p.echo_within_s:
                 shape.keystrokes += 1
                 if prev_key is not None and p.keystroke_gap_s[0] <= t[i] - prev_key <= p.keystroke_gap_s[1]:
-                    shape.key_gaps.append(float(t[i] - prev_key))
-                prev_key = float(t[i])
+                    shape.key_gaps.append(t[i] - prev_key)
+                prev_key = t[i]
     return shape
 
 
