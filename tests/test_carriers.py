@@ -326,6 +326,7 @@ def test_lab_mining_inside_carriers(label):
         assert mining, "mining inside TLS was found by its shape"
         assert mining[0].severity.label() == "medium"
         assert any("inside TLS" in e and "pushed" in e for e in mining[0].evidence)
+        assert mining[0].details["mining"]["carrier"] == "tls"
         return
     assert mining, "mining inside the carrier was found"
     assert any(" > ".join(chain) in e for f in mining for e in f.evidence)

@@ -712,6 +712,7 @@ class MiningDetector:
             return
         pushes, push_size, push_gap, submits, submit_size, ack_size = found
         sig = signals.setdefault(row, _Signals())
+        sig.carrier = sig.carrier or "tls"  # the records' sizes are read through TLS, as for SSH inside TLS
         sig.behaviour = {"pool_pushes": pushes, "push_record_bytes": push_size, "push_interval_median_s": push_gap,
                          "submits": submits, "submit_record_bytes": submit_size, "ack_record_bytes": ack_size}
         name = "no server name" if hello is None or not hello.sni else f"server name {hello.sni}"
