@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, ClassVar, Iterable, Protocol
 from egressguard.detect.dns_binding import DnsBinding
 from egressguard.flows.view import FlowView
 from egressguard.policy.acquisition import AcquisitionList
+from egressguard.netaddr import endpoint
 from egressguard.policy.allowlist import Allowlist
+from egressguard.policy.model import Entry, FlowContext
 from egressguard.policy.pools import PoolList
 from egressguard.policy.rules import ActiveRules
 from egressguard.schema import Finding, FindingKind
@@ -87,6 +89,31 @@ class Detector(Protocol):
         """Report what was held back (flows waiting for DNS answers, aggregates); may be called again later."""
 
 
+@dataclass(frozen=True)
+class AllowMatch:
+    """The allow entry that covers a flow's destination: `entry` (None when the tables matched but no entry could be
+    named) and the DNS-bound `names` it matched by (empty when it matched by address or class)."""
+
+    entry: "Entry | None"
+    names: tuple[str, ...] = ()
+
+
+def allow_match(rules: Allowlist, binding: DnsBinding, rec: "np.void") -> AllowMatch | None:
+    """Which allow entry covers the destination of one flow record: by address or class first, else by a name the
+    sandbox's DNS answers bound to that address when the flow started; None when none does."""
+    import numpy as np
+
+    recs = rec.reshape(1) if isinstance(rec, np.ndarray) else np.array([rec], rec.dtype)
+    flow = FlowContext(recs["resp_hi"], recs["resp_lo"], recs["proto"], recs["resp_port"], rules.scopes(recs))
+    classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
+    if rules.match_cidr("allow", flow)[0] or rules.match_class("allow", classes, flow)[0]:
+        return AllowMatch(rules.first_entry("allow", flow, 0, int(classes[0])))
+    names = binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)[0]
+    entry = rules.match_names("allow", names, flow.scopes[:, 0], int(rec["proto"]), int(rec["resp_port"])) \
+        if names else None
+    return AllowMatch(entry, tuple(names)) if entry is not None else None
+
+
 def noisy_or(weights: Iterable[float]) -> float:
     """1 - prod(1 - w): the probability that at least one of several independent signals is right (each weight
     clipped to 0..1), rounded to 3 decimals."""
@@ -107,4 +134,4 @@ def window_rows(mask: "np.ndarray", last_seen_ns: "np.ndarray", limit: int) -> t
     return np.sort(keep), len(rows) - limit
 
 
-__all__ = ["BatchResult", "Detector", "DetectorContext", "LiveMode", "noisy_or", "window_rows"]
+__all__ = ["AllowMatch", "BatchResult", "allow_match", "Detector", "DetectorContext", "LiveMode", "noisy_or", "window_rows"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, allow_match
 from egressguard.detect.rhythm import (BEACON_BUCKETS, LONG_BUCKETS, Rhythm, add_to_histograms, beacon_score,
                                        bin_of, checkin_intervals, measure_rhythm, merge_welford,
                                        merge_welford_groups, rita_bucket, rita_severity)
@@ -39,8 +39,7 @@ from egressguard.flows import burst_bytes
 from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, endpoint
-from egressguard.policy.model import FlowContext
-from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, Severity, proto_name
+from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, proto_name
 
 # (protocol, responder port) pairs that poll by design; NTP only with NTP-sized packets (see NTP_MAX_PAYLOAD)
 EXEMPT_SERVICES = frozenset({(6, 53), (17, 53), (17, 67), (17, 68), (17, 137), (17, 138), (17, 1900), (17, 5353)})
@@ -414,17 +413,11 @@ class BeaconDetector:
 
     def _allowed(self, rec: np.void) -> str:
         """Which allow rule covers the destination (by address or class, or a name DNS bound to it), or ''."""
-        rules = self.rules.current
-        recs = rec.reshape(1) if isinstance(rec, np.ndarray) else np.array([rec], FLOW_DTYPE)
-        ctx = FlowContext(recs["resp_hi"], recs["resp_lo"], recs["proto"], recs["resp_port"], rules.scopes(recs))
-        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
-        if rules.match_cidr("allow", ctx)[0] or rules.match_class("allow", classes, ctx)[0]:
-            entry = rules.first_entry("allow", ctx, 0, int(classes[0]))
-            return entry.label() if entry is not None else "an allow entry"
-        names = self.binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"), int(rec["first_seen_ns"]) / 1e9)[0]
-        entry = rules.match_names("allow", names, ctx.scopes[:, 0], int(rec["proto"]), int(rec["resp_port"])) \
-            if names else None
-        return f"{entry.label()} via {', '.join(names[:3])}" if entry is not None else ""
+        match = allow_match(self.rules.current, self.binding, rec)
+        if match is None:
+            return ""
+        label = match.entry.label() if match.entry is not None else "an allow entry"
+        return f"{label} via {', '.join(match.names[:3])}" if match.names else label
 
 
 def _score_sentence(beacon: float, parts: tuple, coverage_of: str = "") -> str:

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, allow_match, noisy_or
 from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_opening, ssh_inside_tls
 from egressguard.flows.table import Conversation
 from egressguard.flows.view import CarrierFlow, FlowView
-from egressguard.netaddr import endpoint
-from egressguard.policy.model import FlowContext
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
 from egressguard.payload.websocket import websocket_streams
 from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity
@@ -449,18 +447,8 @@ class SshTunnelDetector:
         name the sandbox's DNS bound to it), as its label; None when none does."""
         if self._ctx is None:
             return None
-        rules = self._ctx.rules.current
-        recs = np.array([rec], rec.dtype)
-        flow = FlowContext(recs["resp_hi"], recs["resp_lo"], recs["proto"], recs["resp_port"], rules.scopes(recs))
-        classes = rules.classify(recs["resp_hi"], recs["resp_lo"])
-        entry = None
-        if rules.match_cidr("allow", flow)[0] or rules.match_class("allow", classes, flow)[0]:
-            entry = rules.first_entry("allow", flow, 0, int(classes[0]))
-        if entry is None:
-            names = self._ctx.binding.lookup(endpoint(rec, "orig"), endpoint(rec, "resp"),
-                                             int(rec["first_seen_ns"]) / 1e9)[0]
-            entry = rules.match_names("allow", names, flow.scopes[:, 0], int(rec["proto"]),
-                                      int(rec["resp_port"])) if names else None
+        match = allow_match(self._ctx.rules.current, self._ctx.binding, rec)
+        entry = match.entry if match is not None else None
         return entry.label() if entry is not None and use in entry.ssh_tunnels else None
 
     def _inspect_continuation(self, view: FlowView, row: int, prior: _Remembered, result: BatchResult) -> None:
