@@ -8,12 +8,12 @@ file, allows categories or endpoints for the sandboxes that legitimately use the
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from egressguard.errors import RulesError
 from egressguard.policy.model import Sources
+from egressguard.policy.syntax import read_data_file
 
 DEFAULT_ACQUISITION = Path(__file__).resolve().with_name("acquisition.toml")
 CATEGORIES = {
@@ -101,14 +101,7 @@ class AcquisitionList:
 def load_acquisition(path: Path | str = DEFAULT_ACQUISITION) -> AcquisitionList:
     """Read and validate an endpoint list; raises RulesError naming the file, the line, the entry and the fix."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise RulesError(str(path), f"cannot read the resource-acquisition endpoint list ({exc.strerror or exc})",
-                         fix="restore egressguard/policy/acquisition.toml from the repository") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RulesError(str(path), f"not valid TOML ({exc})", fix="see the format in the file's header") from exc
+    text, data = read_data_file(path, "resource-acquisition endpoint list", "egressguard/policy/acquisition.toml")
 
     def fail(problem: str, key: str, value, fix: str) -> RulesError:
         needle = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""

@@ -6,11 +6,11 @@ file, the line, the entry and the fix (exit status 4).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from egressguard.errors import RulesError
+from egressguard.policy.syntax import read_data_file
 
 # rules/pools.toml, linked into the package (egressguard/policy/pools.toml) so that an installed egressguard has it
 DEFAULT_POOLS = Path(__file__).resolve().with_name("pools.toml")
@@ -66,14 +66,7 @@ _SUFFIX_RE = re.compile(r"^(?=.{3,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 def load_pools(path: Path | str = DEFAULT_POOLS) -> PoolList:
     """Read and validate a pools file; raises RulesError naming the file, the line, the entry and the fix."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise RulesError(str(path), f"cannot read the mining pool list ({exc.strerror or exc})",
-                         fix="restore rules/pools.toml from the repository") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RulesError(str(path), f"not valid TOML ({exc})", fix="see the format in the file's header") from exc
+    text, data = read_data_file(path, "mining pool list", "rules/pools.toml")
 
     def fail(problem: str, key: str, value, fix: str) -> RulesError:
         shown = repr(value)

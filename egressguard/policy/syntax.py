@@ -139,6 +139,19 @@ def _strip_indexes(path: tuple) -> tuple:
     return path
 
 
+def read_data_file(path: Path, what: str, restore: str) -> tuple[str, dict]:
+    """(text, parsed TOML) of a shipped data file (the pool list, the acquisition endpoints); a file that cannot be
+    read or is not TOML is one RulesError naming `what` it is and where to `restore` it from."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, tomllib.loads(text)
+    except OSError as exc:
+        raise RulesError(str(path), f"cannot read the {what} ({exc.strerror or exc})",
+                         fix=f"restore {restore} from the repository") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RulesError(str(path), f"not valid TOML ({exc})", fix="see the format in the file's header") from exc
+
+
 def syntax_error(name: str, text: str, exc: tomllib.TOMLDecodeError) -> RulesError:
     m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
     problem = re.sub(r"\s*\(at line.*\)", "", str(exc))
