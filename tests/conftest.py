@@ -1,4 +1,5 @@
 """Shared test setup: a numba cache that cannot go stale, and where the captures are."""
+import contextlib
 import hashlib
 import os
 import shutil
@@ -36,3 +37,17 @@ def lab_capture(name: str) -> Path:
     path = LAB_CAPTURES / name
     assert path.exists(), f"lab capture {name} missing: run `python captures/lab.py record` as root"
     return path
+
+
+@contextlib.contextmanager
+def lab_scenarios_restored():
+    """While a lab module (captures/lab_*.py) is imported and records, its scenarios join lab.SCENARIOS; that
+    registry is left as it was afterwards, since tests/test_lab.py records and judges every scenario in it."""
+    import lab
+
+    before = dict(lab.SCENARIOS)
+    try:
+        yield
+    finally:
+        lab.SCENARIOS.clear()
+        lab.SCENARIOS.update(before)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import LAB_CAPTURES, missing_tools
+from conftest import LAB_CAPTURES, lab_scenarios_restored, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
 
@@ -24,19 +24,12 @@ SANDBOX = "10.77.0.2"
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    import lab
+    with lab_scenarios_restored():
+        import lab_acquisition
 
-    before = dict(lab.SCENARIOS)
-    import lab_acquisition
-
-    out = tmp_path_factory.mktemp("acquisition")
-    try:
+        out = tmp_path_factory.mktemp("acquisition")
         assert lab_acquisition.main(["record", "--out", str(out)]) == 0
         yield out, list(lab_acquisition.ACQUISITION_SCENARIOS)
-    finally:
-        # lab.SCENARIOS is what tests/test_lab.py records and asserts detection on: leave it as it was
-        lab.SCENARIOS.clear()
-        lab.SCENARIOS.update(before)
 
 
 def _labels(folder):

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import LAB_CAPTURES, missing_tools
+from conftest import LAB_CAPTURES, lab_scenarios_restored, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
 
@@ -36,10 +36,7 @@ REACHABLE = {"198.18.0.2", "198.18.0.5"}  # the web host and the proxy host (cap
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    import lab
-
-    before = dict(lab.SCENARIOS)
-    try:
+    with lab_scenarios_restored():
         import lab_carriers
 
         try:
@@ -49,10 +46,6 @@ def recorded(tmp_path_factory):
         out = tmp_path_factory.mktemp("carriers")
         assert lab_carriers.main(["record", "--out", str(out)]) == 0
         yield out, list(lab_carriers.OURS)
-    finally:
-        # lab.SCENARIOS is what tests/test_lab.py records and asserts detection on: leave it as it was
-        lab.SCENARIOS.clear()
-        lab.SCENARIOS.update(before)
 
 
 def _labels(folder):

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import LAB_CAPTURES, missing_tools
+from conftest import LAB_CAPTURES, lab_scenarios_restored, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
 
@@ -49,19 +49,12 @@ OUTSIDE = "198.18.0.2"  # every server and listener the bridge sees (198.18.0.5 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    import lab
+    with lab_scenarios_restored():
+        import lab_shells
 
-    before = dict(lab.SCENARIOS)
-    import lab_shells
-
-    out = tmp_path_factory.mktemp("reverse-shells")
-    try:
+        out = tmp_path_factory.mktemp("reverse-shells")
         assert lab_shells.main(["record", "--out", str(out)]) == 0
         yield out, list(lab_shells.SHELL_SCENARIOS)
-    finally:
-        # lab.SCENARIOS is what tests/test_lab.py records and asserts detection on: leave it as it was
-        lab.SCENARIOS.clear()
-        lab.SCENARIOS.update(before)
 
 
 def _labels(folder):
