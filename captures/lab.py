@@ -170,7 +170,7 @@ def background(lab: Lab, ns: str, *cmd: str, ready_port: int | None = None) -> I
         stop_process(proc)
 
 
-def _wait_listening(lab: Lab, ns: str, port: int, timeout: float = 15) -> None:
+def _wait_listening(lab: Lab, ns: str, port: int, timeout: float = 40) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         out = lab.run(ns, "ss", "-ltnH", f"sport = :{port}", check=False).stdout

@@ -259,7 +259,7 @@ def terminal(lab_: Lab, ns: str, argv: list[str], **kw) -> Iterator[Terminal]:
         term.close()
 
 
-def wait_established(lab_: Lab, ns: str, port: int, timeout: float = 15) -> None:
+def wait_established(lab_: Lab, ns: str, port: int, timeout: float = 40) -> None:
     """Until a TCP connection to local port `port` in `ns` is established."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -460,6 +460,9 @@ def _capture_names() -> list[tuple[bytes, ...]]:
 
 
 def test_registered_domains_of_the_capture_names_match_publicsuffixlist():
+    missing = [p.name for p in CAPTURES if not p.exists()]
+    if missing:
+        pytest.skip(f"public DNS captures not found under {PUBLIC_CAPTURES}: {', '.join(missing[:3])}")
     names = _capture_names()
     table, offsets = names_table(names)
     assert registered_domain_start(table, offsets).tolist() == [expected_start(x) for x in names]
