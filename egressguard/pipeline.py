@@ -10,6 +10,8 @@ import contextlib
 import os
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from egressguard.capture import CaptureFile, prefetched
 from egressguard.detect import DetectorContext
 from egressguard.engine import CaptureDone, DetectorFactory, Engine, Event, FlowsReady, Settings, SourceFacts
@@ -20,6 +22,7 @@ from egressguard.policy.pools import DEFAULT_POOLS, PoolList, load_pools
 from egressguard.policy.rules import ActiveRules, load_rules
 
 ProgressCallback = Callable[[str, int, int | None], None]  # (capture, bytes done, total bytes or None)
+PacketFilter = Callable[[np.ndarray], np.ndarray]  # PACKET rows -> bool mask of the rows to keep
 
 
 def default_context(rules: ActiveRules | Allowlist | None = None, pools: PoolList | None = None) -> DetectorContext:
@@ -53,12 +56,16 @@ class Analyzer:
     def detectors(self) -> list:
         return self.engine.detectors
 
-    def analyze(self, spec: str, progress: ProgressCallback | None = None) -> Iterator[Event]:
+    def analyze(self, spec: str, progress: ProgressCallback | None = None,
+                keep: PacketFilter | None = None) -> Iterator[Event]:
         """Events for one capture (a path, or '-' for standard input).
 
         Args:
             spec: the capture.
             progress: called after each chunk with the bytes read so far and the file size when known.
+            keep: a bool mask over each chunk's decoded PACKET rows: only those go into the flow table (a worker's
+                shard, shards.py). The decode counters still count every packet, and the capture clock (idle
+                sweeps) follows every packet, so a shard's flows end exactly when they would in a whole run.
 
         Raises:
             CaptureError: the source is missing, unreadable or not a capture.
@@ -73,12 +80,18 @@ class Analyzer:
         last_sweep = -(1 << 62)
         def decoded() -> Iterator[tuple]:  # runs in the reading thread: decoding overlaps the aggregation
             for chunk in capture.chunks():
-                yield chunk, engine.decode(chunk)
+                packets = engine.decode(chunk)
+                if keep is None:
+                    yield chunk, packets, 0
+                else:
+                    latest = int(packets["ts_ns"].max()) if len(packets) else 0
+                    yield chunk, packets[keep(packets)], latest
 
         with capture, _stopping(engine):
             try:
-                for chunk, packets in prefetched(decoded()):
+                for chunk, packets, latest in prefetched(decoded()):
                     yield from engine.feed(chunk, packets)
+                    engine.now_ns = max(engine.now_ns, latest)  # a shard's clock is the whole capture's
                     now = engine.now_ns
                     if now and (now - last_sweep >= sweep_every or now < last_sweep):
                         last_sweep = now
@@ -127,5 +140,5 @@ def _file_size(spec: str) -> int | None:
         return None
 
 
-__all__ = ["Analyzer", "CaptureDone", "Event", "FlowsReady", "ProgressCallback", "Settings", "analyze_captures",
-           "default_context"]
+__all__ = ["Analyzer", "CaptureDone", "Event", "FlowsReady", "PacketFilter", "ProgressCallback",
+           "Settings", "analyze_captures", "default_context"]

@@ -240,6 +240,17 @@ class Allowlist:
         classes = self.classify(hi, lo) if classes is None else classes
         return (classes == CLASS_INDEX["private"]) | (classes == CLASS_INDEX["cgnat"])
 
+    def inside_ranges(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """What `inside` holds as sorted disjoint inclusive ranges ('S16' first and last keys), and whether NAT64
+        addresses count by the IPv4 address they embed (they do for address classes): for kernels that test
+        millions of addresses (shards.py)."""
+        if len(self.settings.sandbox_networks):
+            return self._t["inside"].starts, self._t["inside"].ends, False
+        table = self._t["classes"]
+        cls = self._t["class_ids"][table.ids] if len(table) else np.zeros(0, np.int16)
+        keep = (cls == CLASS_INDEX["private"]) | (cls == CLASS_INDEX["cgnat"])
+        return table.starts[keep], table.ends[keep], True
+
     def dest_inside(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Destinations inside the sandbox networks (east-west traffic); none when no networks are configured."""
         if not len(self.settings.sandbox_networks):

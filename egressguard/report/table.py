@@ -143,13 +143,25 @@ def render_top_flows(flows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def flow_rank(rec: np.void) -> tuple[int, int, int]:
+    """How a flow ranks among the largest: bytes both ways, ties to the earlier flow, then to the smaller 5-tuple
+    hash; a total order, so the same flows are shown however the records were batched (or split over workers)."""
+    return (int(rec["orig_bytes"]) + int(rec["resp_bytes"]), -int(rec["first_seen_ns"]), -int(rec["key_hash"]))
+
+
+def top_rows(recs: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the `k` highest-ranked flows of a FLOW array (flow_rank's order, best first)."""
+    total = (recs["orig_bytes"] + recs["resp_bytes"]).astype(np.int64)
+    return np.lexsort((recs["key_hash"], recs["first_seen_ns"], -total))[:k]
+
+
 class TableReport:
     """Collects per-capture summaries and the largest flows, then prints them."""
 
     def __init__(self, console: Console, top: int = TOP_FLOWS):
         self.console = console
         self.top = top
-        self._heap: list[tuple[int, int, dict[str, Any]]] = []
+        self._heap: list[tuple[tuple[int, int, int], int, dict[str, Any]]] = []
         self._seq = 0
         self._findings: list[dict[str, Any]] = []
         self.findings_total = 0
@@ -161,13 +173,11 @@ class TableReport:
             self.findings_total += 1
         if not len(recs):
             return
-        total = recs["orig_bytes"] + recs["resp_bytes"]
-        k = min(self.top, len(recs))
-        for i in np.argpartition(-total.astype(np.int64), k - 1)[:k]:
-            size = int(total[i])
-            if len(self._heap) < self.top or size > self._heap[0][0]:
+        for i in top_rows(recs, self.top).tolist():
+            rank = flow_rank(recs[i])
+            if len(self._heap) < self.top or rank > self._heap[0][0]:
                 self._seq += 1
-                item = (size, self._seq, flow_record(recs[i], capture))
+                item = (rank, self._seq, flow_record(recs[i], capture))
                 if len(self._heap) < self.top:
                     heapq.heappush(self._heap, item)
                 else:
