@@ -11,7 +11,7 @@ from rich.console import Console
 
 from egressguard.report.dashboard import (render_dashboard, render_findings, render_interfaces, render_messages,
                                           run_dashboard, sparkline)
-from egressguard.schema import DestinationView, InterfaceView, LiveSnapshot, SandboxView, Severity
+from egressguard.schema import ComputeUsage, DestinationView, InterfaceView, LiveSnapshot, SandboxView, Severity
 
 T0_NS = 1_800_000_000 * 10**9  # 2027-01-15 08:00:00 UTC
 T0 = T0_NS / 1e9
@@ -63,7 +63,7 @@ def snapshot(**changes):
         sandboxes=(SandboxView("agent-1", "10.0.0.7", None, "veth-a", 40, 3_500_000, 7, Severity.CRITICAL,
                                "reverse_ssh_tunnel"),
                    SandboxView("agent-2", "10.0.0.8", "02:00:00:00:00:08", "veth-b", 5, 2048, 2, Severity.HIGH,
-                               "mining"),
+                               "mining", ComputeUsage(1.96, 2.0, 95.0, "cgroup:/agent-2", 3)),
                    SandboxView("agent-3", "10.0.0.9", None, None, 1, 300, 1, None, None)),
         new_destinations=(DestinationView(T0_NS + 290 * SECOND, "agent-2", "198.51.100.20:3333/tcp",
                                           ("pool.example.net",)),),
@@ -86,10 +86,10 @@ def test_dashboard_at_100_columns_shows_every_section():
         "HIGH      mining              agent-2 -> 198.51.100.20:3333/tcp  score 0.90  since 08:03:20  pool p…",
         "    the pool answered mining.subscribe and mining.authorize",
         rule("Sandboxes (3)"),
-        "sandbox  address   port    worst finding                bytes out  flows  destinations",
-        "agent-1  10.0.0.7  veth-a  critical reverse_ssh_tunnel    3.3 MiB     40             7",
-        "agent-2  10.0.0.8  veth-b  high mining                    2.0 KiB      5             2",
-        "agent-3  10.0.0.9  -       -                                300 B      1             1",
+        "sandbox  address   port    worst finding                  cpu  bytes out  flows  destinations",
+        "agent-1  10.0.0.7  veth-a  critical reverse_ssh_tunnel      -    3.3 MiB     40             7",
+        "agent-2  10.0.0.8  veth-b  high mining                  2.0/2    2.0 KiB      5             2",
+        "agent-3  10.0.0.9  -       -                                -      300 B      1             1",
         rule("New destinations"),
         "time      sandbox  destination             names",
         "08:04:50  agent-2  198.51.100.20:3333/tcp  pool.example.net",
@@ -113,7 +113,7 @@ def test_dashboard_at_60_columns_drops_minor_columns_and_cuts_long_lines():
         "HIGH      mining              agent-2 -> 198.51.100.20:3333…",
         "    the pool answered mining.subscribe and mining.authorize",
         rule("Sandboxes (3)", 60),
-        "sandbox  port    worst finding                bytes out",  # address, flows, destinations left out
+        "sandbox  port    worst finding                bytes out",  # address, cpu, flows, destinations left out
         "agent-1  veth-a  critical reverse_ssh_tunnel    3.3 MiB",
         "agent-2  veth-b  high mining                    2.0 KiB",
         "agent-3  -       -                                300 B",

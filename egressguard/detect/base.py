@@ -20,7 +20,7 @@ from egressguard.policy.allowlist import Allowlist
 from egressguard.policy.model import Entry, FlowContext
 from egressguard.policy.pools import PoolList
 from egressguard.policy.rules import ActiveRules
-from egressguard.schema import Finding, FindingKind
+from egressguard.schema import ComputeUsage, Finding, FindingKind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +34,17 @@ class LiveMode(enum.Enum):
     OPEN_WINDOW = 2  # a fresh instance judges every open flow of its window (`open_window`) every window period
 
 
+class ComputeReadings(Protocol):
+    """What the sandboxes compute (live/compute.py samples it while watching; files have none)."""
+
+    def usage(self, address: int, mac: int = 0) -> ComputeUsage | None:
+        """The sandbox that owns `address` (storage form; `mac` tells apart namespaces that reuse an address): its
+        latest sample, or None."""
+
+    def busy(self, usage: ComputeUsage) -> bool:
+        """Whether a sample counts as sustained high compute."""
+
+
 @dataclass(frozen=True)
 class DetectorContext:
     """What a detector may use, built once per run: the rules (ActiveRules swaps them atomically on reload), the
@@ -43,14 +54,15 @@ class DetectorContext:
     binding: DnsBinding
     pools: PoolList = field(default_factory=PoolList)
     acquisition: AcquisitionList = field(default_factory=AcquisitionList)  # empty: no resource_acquisition by name
+    compute: ComputeReadings | None = None  # per-sandbox CPU/GPU use (watch only)
 
     @classmethod
     def build(cls, rules: ActiveRules | Allowlist, pools: PoolList | None = None,
-              acquisition: AcquisitionList | None = None) -> "DetectorContext":
+              acquisition: AcquisitionList | None = None, compute: ComputeReadings | None = None) -> "DetectorContext":
         """A context over `rules` with a fresh DNS binding that keeps names at least the rules' min_dns_ttl."""
         active = rules if isinstance(rules, ActiveRules) else ActiveRules(rules)
         return cls(active, DnsBinding(active.current.settings.min_dns_ttl_s), pools or PoolList(),
-                   acquisition or AcquisitionList())
+                   acquisition or AcquisitionList(), compute)
 
 
 @dataclass
@@ -134,4 +146,4 @@ def window_rows(mask: "np.ndarray", last_seen_ns: "np.ndarray", limit: int) -> t
     return np.sort(keep), len(rows) - limit
 
 
-__all__ = ["AllowMatch", "BatchResult", "allow_match", "Detector", "DetectorContext", "LiveMode", "noisy_or", "window_rows"]
+__all__ = ["AllowMatch", "BatchResult", "ComputeReadings", "allow_match", "Detector", "DetectorContext", "LiveMode", "noisy_or", "window_rows"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
+from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, allow_match, noisy_or
 from egressguard.flows.view import SOURCE_SNI, FlowView
 from egressguard.netaddr import format_address
 from egressguard.payload.dns_table import name_text, unique_names
@@ -92,6 +92,15 @@ class Params:
     pair_ttl_s: float = 86400.0  # CESNET's black/white lists expire after 24 h
     dns_watch: int = 65536  # addresses that DNS answers gave for pool names, kept for the array prefilter
     hold_flows: int = 16384  # unexplained flows kept (~6 MB) until the DNS answers that may name them are read
+    # C1 (issue 16): what the sandbox computes, joined to the flow. A miner keeps its CPU or GPU busy for as long as
+    # it holds a pool connection that the pool feeds with jobs; a weak network signal (a long opaque flow with a
+    # steady remote-led rhythm to a destination the rules do not allow) becomes a finding on its own with it
+    w_compute_alone: float = 0.5  # medium: compute and rhythm without any protocol seen
+    w_compute_support: float = 0.3  # raises the confidence of a mining finding from a busy sandbox
+    compute_busy_s: float = 30.0  # the sandbox stayed busy (live/compute.py BUSY_MIN_*) at least this long
+    compute_min_flow_s: float = 30.0  # the flow has lasted at least this long
+    compute_min_pushes: int = 5  # remote-led bursts in the early packets (M5's rhythm, fewer of them)
+    compute_push_gap_s: tuple[float, float] = (1.0, 120.0)  # median gap between pushes (M5 range, down to 1 s)
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -110,6 +119,7 @@ class _Signals:
     carrier: str | None = None
     behaviour: dict | None = None
     inherited: dict | None = None
+    compute: dict | None = None
 
     def add(self, code: str, weight: float, text: str, severity: Severity, proof: bool = False) -> None:
         self.parts.append((code, weight, text))
@@ -276,6 +286,8 @@ class MiningDetector:
     def __init__(self, ctx: DetectorContext, params: Params = Params()):
         self.binding = ctx.binding
         self.pools = ctx.pools  # an empty list turns M3 and M6 off
+        self.compute = ctx.compute  # None (files): C1 is off
+        self.rules = ctx.rules
         self.params = params
         self._capture = ""
         self._proven: OrderedDict[tuple[int, int, int, int], _Proven] = OrderedDict()
@@ -367,6 +379,12 @@ class MiningDetector:
             (recs["orig_payload_mean"] < p.tls_max_message) & (recs["resp_payload_mean"] < p.tls_max_message)
         for row in np.flatnonzero(small_tls).tolist():
             self._tls_shape(view, row, signals)
+        # C1: sustained compute in the sandbox, joined to its long opaque rhythmic flows
+        if self.compute is not None:
+            candidates = tcp & ~ssh & ~http & ~mqtt & ~dns & ~readable & ~carried & \
+                (duration >= p.compute_min_flow_s) & (recs["resp_payload_pkts"] + recs["orig_payload_pkts"]
+                                                      >= p.compute_min_pushes)
+            self._compute(view, candidates, signals)
         # M6 for flows with other evidence, then findings; proofs feed the pair memory first
         for row, sig in signals.items():
             port = self.pools.port(int(recs[row]["resp_port"]))
@@ -723,6 +741,50 @@ class MiningDetector:
                 f"answered at once by {ack_size} B: a pool's jobs and a miner's acknowledged shares, read from "
                 f"record sizes and timing alone", Severity.MEDIUM)
 
+    # ---- C1
+    def _compute(self, view: FlowView, candidates: np.ndarray, signals: dict[int, _Signals]) -> None:
+        """Flows of sandboxes that keep their CPU or GPU busy: a mining finding already made gains the compute as
+        evidence and confidence; a long opaque flow with a steady remote-led rhythm to a destination the rules do
+        not allow becomes a medium finding on its own."""
+        p = self.params
+        recs = view.records
+        rules = self.rules.current
+        outbound = rules.outbound(recs)
+        for row in sorted(set(signals) | set(np.flatnonzero(candidates & outbound).tolist())):
+            rec = recs[row]
+            sig = signals.get(row)
+            client = _roles(rec, sig)[0]
+            usage = self.compute.usage((int(rec[client + "_hi"]) << 64) | int(rec[client + "_lo"]),
+                                       int(rec[client + "_mac"]))
+            if usage is None or not self.compute.busy(usage) or usage.busy_for_s < p.compute_busy_s:
+                continue
+            what = (f"{usage.cpu_cores:.1f} of its {usage.cpu_limit_cores:.1f} CPU cores"
+                    + (f" and GPUs at {usage.gpu_percent:.0f} %" if usage.gpu_percent else "")
+                    + f" busy for {usage.busy_for_s:.0f} s ({usage.source})")
+            if sig is not None and sig.parts:
+                sig.compute = usage.evidence()
+                sig.add("C1", p.w_compute_support, f"the sandbox keeps {what} while it holds this connection",
+                        Severity.LOW)
+                continue
+            if allow_match(rules, self.binding, rec) is not None:
+                continue  # an allowed destination: its rhythm is the service's (beacon notes it)
+            sizes, dt_us = view.early_sequence(row)
+            pool_dir = RESP if client == "orig" else ORIG
+            bursts, median, cv = push_rhythm(sizes, dt_us, pool_dir, p.burst_gap_s)
+            if bursts < p.compute_min_pushes or not p.compute_push_gap_s[0] <= median <= p.compute_push_gap_s[1] \
+                    or cv > p.push_max_cv:
+                continue
+            duration = (int(rec["last_seen_ns"]) - int(rec["first_seen_ns"])) / 1e9
+            sig = signals.setdefault(row, _Signals())
+            sig.compute = usage.evidence()
+            sig.behaviour = {"pool_pushes": int(bursts), "push_interval_median_s": round(median, 1),
+                             "push_interval_cv": round(cv, 2), "duration_s": round(duration, 1)}
+            sig.add("C1", p.w_compute_alone,
+                    f"the sandbox keeps {what} while this opaque connection to a destination the rules do not "
+                    f"allow has lasted {duration:.0f} s with {bursts} bursts led by the remote side every "
+                    f"{median:.1f} s (CV {cv:.2f}): a pool feeding jobs to a miner that computes",
+                    Severity.MEDIUM)
+
     # ---- M7
     def _remember(self, rec: np.void, sig: _Signals) -> None:
         client, server = _roles(rec, sig)
@@ -838,6 +900,8 @@ class MiningDetector:
             mining["behaviour"] = sig.behaviour
         if sig.inherited:
             mining["inherited"] = sig.inherited
+        if sig.compute:
+            mining["compute"] = sig.compute
         if row is not None and s is not None:
             result.annotate(row, app="getwork" if s.family == Family.GETWORK_HTTP else "stratum")
         elif row is not None and sig.sv2 is not None:
