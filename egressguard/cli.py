@@ -96,9 +96,16 @@ def main() -> None:
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--evidence", "evidence_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write each finding's packets to a pcap in DIR (named in the record's evidence_pcap).")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, metavar="N",
+              help="Split the work over N local processes by sandbox: each reads every capture and keeps its "
+                   "sandboxes' packets; the output is that of one process [default: 1].")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+              help="Run the sandbox shards as tasks on a Dask cluster (e.g. tcp://127.0.0.1:8786; --workers "
+                   "shards, default one per worker thread); workers open captures and rules at the same paths.")
 def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: str | None, output_dir: str | None,
             capacity: int, payload_slots: int | None, tcp_idle: float, other_idle: float, active_timeout: float,
-            detect: bool, rules_file: str | None, progress: bool | None, evidence_dir: str | None) -> None:
+            detect: bool, rules_file: str | None, progress: bool | None, evidence_dir: str | None,
+            workers: int | None = None, dask_address: str | None = None) -> None:
     """Analyse pcap/pcapng captures (plain, gzip, bzip2 or xz; '-' reads standard input)."""
     if with_flows and fmt not in ("jsonl", "eve"):
         raise click.UsageError("--flows needs --format jsonl (--format eve always writes flows)")
@@ -109,6 +116,10 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
         raise click.UsageError("--output is for --format jsonl or eve")
     if captures.count("-") > 1:
         raise click.UsageError("standard input ('-') can be read only once")
+    sharded = (workers or 1) > 1 or dask_address is not None
+    if sharded and "-" in captures:
+        raise click.UsageError("--workers and --dask need capture files: every worker reads each capture, and "
+                               "standard input can be read only once")
     _quick_process()
     from egressguard.engine import FlowsReady, Settings
     from egressguard.flows import FlowSettings
@@ -117,8 +128,10 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
     slots = capacity // 8 if payload_slots is None else payload_slots
     if slots > capacity:
         raise click.UsageError(f"--payload-slots ({slots}) cannot exceed --capacity ({capacity})")
+    # JA4 goes into flow records only: JSONL with --flows, and EVE's flow events
     settings = Settings(flows=FlowSettings(capacity=capacity, payload_slots=slots, tcp_idle_s=tcp_idle,
-                                           other_idle_s=other_idle, active_s=active_timeout))
+                                           other_idle_s=other_idle, active_s=active_timeout),
+                        fingerprints=(fmt == "jsonl" and with_flows) or fmt == "eve")
     try:
         settings.flows.validate()
     except ValueError as exc:
@@ -141,7 +154,11 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
     failures = 0
     try:
         try:
-            analyzer = Analyzer(settings, detectors=None if detect else [], ctx=ctx)
+            if sharded:
+                analyzer = _sharded_analyzer(captures, settings, fmt, with_flows, rules_file, detect, workers,
+                                             dask_address)
+            else:
+                analyzer = Analyzer(settings, detectors=None if detect else [], ctx=ctx)
         except MemoryError:
             _fail(_TOO_BIG.format(capacity=capacity), ExitStatus.USAGE)
         with _Progress(show_progress) as bar:
@@ -162,9 +179,15 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
                             bar.echo(f"egressguard: warning: {safe_text(path)}: {skipped} packet(s) of another "
                                      f"link type left out")
                 except EgressGuardError as exc:
+                    if getattr(exc, "fatal", False):  # the Dask cluster went away: no capture can be analysed
+                        raise
                     failures += 1
                     bar.echo(f"egressguard: error: {safe_text(str(exc))}")
+                except MemoryError:  # a worker's flow table (--workers, --dask)
+                    _fail(_TOO_BIG.format(capacity=capacity), ExitStatus.USAGE)
         report.close()
+    except EgressGuardError as exc:
+        _fail(str(exc), exc.exit_status)
     except KeyboardInterrupt:
         _fail("interrupted", ExitStatus.INTERRUPTED)
     except BrokenPipeError:
@@ -172,6 +195,9 @@ def analyze(captures: tuple[str, ...], fmt: str, with_flows: bool, output_file: 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(int(ExitStatus.OK))
+    finally:
+        if sharded and "analyzer" in locals():
+            analyzer.close()  # workers still running after an error or Ctrl-C are stopped
     if failures:
         sys.exit(int(ExitStatus.CAPTURE))
     if report.findings_total:
@@ -227,10 +253,24 @@ def rules_check(rules_file: str) -> None:
               help="Drop root for this user once the capture sockets are open.")
 @click.option("--metrics", "metrics_address", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics ('[::1]:PORT' for IPv6, ':PORT' for all).")
+@click.option("--compute/--no-compute", "sample_compute", default=True, show_default=True,
+              help="Sample each sandbox's CPU (cgroup v2, /proc) and GPU (NVML) use and join it to its flows.")
+@click.option("--evidence", "evidence_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write each reported finding's packets to a pcap in DIR (evidence_pcap), appended while the flow "
+                   "lasts.")
+@click.option("--evidence-buffer", type=click.IntRange(1, 1 << 20), default=64, show_default=True, metavar="MiB",
+              help="With --evidence: memory for the most recent frames, from which a finding's earlier packets are "
+                   "written.")
+@click.option("--evidence-file-limit", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
+              metavar="MiB", help="With --evidence: one evidence file stops growing at this size.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes, each with its own ring in one kernel fanout group per interface, traffic "
+                   "sharded by sandbox (see README); 1 runs everything in this process.")
 def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, dashboard: bool | None,
           alerts_file: str | None, fmt: str, on_finding: str | None, on_finding_severity: str, suppress: float,
           capacity: int, tcp_idle: float, other_idle: float, user: str | None,
-          metrics_address: str | None = None) -> None:
+          metrics_address: str | None = None, sample_compute: bool = True, evidence_dir: str | None = None,
+          evidence_buffer: int = 64, evidence_file_limit: int = 256, workers: int = 1) -> None:
     """Watch interfaces live: findings as they happen, per sandbox (needs root or CAP_NET_RAW)."""
     _quick_process()
     import signal
@@ -263,6 +303,12 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
         except ValueError as exc:
             raise click.BadParameter(f"{on_finding!r}: {exc}", param_hint="--on-finding") from None
     ctx = _context(rules_file)
+    if sample_compute:
+        from dataclasses import replace
+
+        from egressguard.live.compute import ComputeSampler
+
+        ctx = replace(ctx, compute=ComputeSampler())
     rules = ctx.rules
     show_dashboard = sys.stdout.isatty() if dashboard is None else dashboard
     flows = FlowSettings(capacity=capacity, payload_slots=capacity // 8, tcp_idle_s=tcp_idle, other_idle_s=other_idle)
@@ -271,14 +317,39 @@ def watch(interfaces: tuple[str, ...], bpf: str | None, rules_file: str | None, 
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = WatchSettings(pipeline=Settings(flows=flows), suppress_s=suppress)
-    source = LiveCapture(list(interfaces), bpf=bpf)
+    source = LiveCapture(list(interfaces), bpf=bpf) if workers == 1 else None
     stop = threading.Event()
     hook = None
     alerts = None
     try:
-        source.open()
+        evidence = evidence_plan = None
+        if evidence_dir is not None:
+            from egressguard.live.evidence_keeper import EvidenceKeeper, EvidenceLimits
+
+            limits = EvidenceLimits(buffer_bytes=evidence_buffer << 20, file_bytes=evidence_file_limit << 20,
+                                    tcp_idle_s=tcp_idle, other_idle_s=other_idle)
+            if source is not None:
+                evidence = EvidenceKeeper(evidence_dir, limits)
+            else:  # every worker keeps its own buffer (N x --evidence-buffer) and writes its own files
+                from egressguard.capture.pcap_writer import writable_directory
+
+                evidence_plan = (str(writable_directory(evidence_dir, "--evidence")), limits)
+        if source is not None:
+            source.open()
+            monitor = LiveMonitor(source, ctx, lambda record: emit(record), settings, evidence=evidence)
+        else:  # N processes, one fanout member each (egressguard/live/workers.py)
+            from egressguard.live.workers import WorkerPlan, WorkerPool
+            from functools import partial
+
+            from egressguard.live.compute import with_compute
+            from egressguard.pipeline import default_context
+
+            make_context = partial(with_compute, default_context) if sample_compute else default_context
+            source = monitor = WorkerPool(interfaces, workers, ctx, lambda record: emit(record),
+                                          WorkerPlan(rules_file, make_context, settings, 65535, user,
+                                                     evidence_plan), bpf=bpf)
+            monitor.open()
         alerts = AlertsFile(alerts_file) if alerts_file else None
-        monitor = LiveMonitor(source, ctx, lambda record: emit(record), settings)
         if listen is not None:  # before dropping root (a port below 1024 needs it) and before the slow warm-up
             metrics = MetricsExporter(monitor)
             metrics.start(*listen)
@@ -381,6 +452,22 @@ def hook_cut_port() -> None:
         _fail(str(exc), ExitStatus.USAGE)
     except (RuntimeError, OSError) as exc:
         _fail(str(exc), ExitStatus.CAPTURE)
+
+
+def _sharded_analyzer(captures: tuple[str, ...], settings, fmt: str, with_flows: bool, rules_file: str | None,
+                      detect: bool, workers: int | None, dask_address: str | None):
+    """The analyzer of `--workers N` or `--dask ADDRESS`: sandbox shards in local processes or on a Dask cluster;
+    workers send back only what `fmt` renders. A cluster that cannot be used ends the run (exit 2)."""
+    from egressguard.parallel import Ship, sharded_analyzer
+    from egressguard.report.table import TOP_FLOWS
+
+    _load_rules(rules_file)  # workers load the file themselves (also for --no-detect: it says who is a sandbox)
+    ship = Ship(flows="all" if fmt in ("eve", "zeek") or with_flows else "top" if fmt == "table" else "none",
+                top=TOP_FLOWS, facts=fmt in ("eve", "zeek"))
+    try:
+        return sharded_analyzer(captures, settings, rules_file, detect, ship, workers, dask_address)
+    except EgressGuardError as exc:
+        _fail(str(exc), exc.exit_status)
 
 
 def _load_rules(path: str | None):

@@ -39,6 +39,8 @@ class Settings:
     flows: FlowSettings = field(default_factory=FlowSettings)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     chunk_frames: int = 1 << 18
+    # JA4 of every whole kept ClientHello, for flow records (`ja4`); a run that writes no flow records skips it
+    fingerprints: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,15 +187,16 @@ class Engine:
             slot_denied=self.table.slot_denied - denied, complete=source.complete, warnings=source.warnings)
 
     def _judge(self, batch: FlowBatch) -> FlowsReady:
-        view = FlowView.of_batch(batch, self.capture)
+        view = FlowView.of_batch(in_canonical_order(batch), self.capture)
         result = BatchResult()
         if self.detectors:
             observe_dns(self.ctx.binding, view)  # first in line: every detector reads names bound in this batch
             for det in self.detectors:
                 result.extend(det.inspect(view))
             annotate_carriers(view, result)
-            for row, value in view.ja4.items():  # TLS client fingerprint of each whole kept ClientHello
-                result.annotate(row, ja4=value)
+            if self.settings.fingerprints:
+                for row, value in view.ja4.items():  # TLS client fingerprint of each whole kept ClientHello
+                    result.annotate(row, ja4=value)
         return FlowsReady(self.capture, view, result)
 
     # ---- live rounds: open flows, judged by fresh detectors (a snapshot shows a flow again and again)
@@ -365,6 +368,16 @@ def _warm_up_frames() -> tuple[np.ndarray, np.ndarray]:
     frames["ts_ns"] = time.time_ns() + np.arange(len(raw)) * 1000
     frames["linktype"] = 1
     return buf, frames
+
+
+def in_canonical_order(batch: FlowBatch) -> FlowBatch:
+    """The batch's records by first packet, then 5-tuple hash, rather than in the table's slot order: what the
+    detectors see (e.g. which of two flows that tie in time an aggregate finding names) then does not depend on what
+    the table held before, such as an earlier capture's flows or, with --workers, other shards' sandboxes. Payload
+    is reached through each record's slot, so the rows may move; the table releases the original batch."""
+    recs = batch.records
+    order = np.lexsort((recs["key_hash"], recs["first_seen_ns"]))
+    return replace(batch, records=recs[order])
 
 
 def annotate_carriers(view: FlowView, result: BatchResult) -> None:

@@ -303,6 +303,7 @@ class InterfaceView:
     kernel_drops: int  # packets the kernel dropped because we read too slowly (PACKET_STATISTICS tp_drops)
     pps_history: tuple[float, ...] = ()  # packets per second, one entry per second
     bps_history: tuple[float, ...] = ()  # bits per second, one entry per second
+    worker: int | None = None  # `watch --workers N`: the worker process (fanout member) these counts are of
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,36 @@ class SandboxView:
     destinations: int  # distinct (address, port, protocol) it contacted
     worst: Severity | None  # the worst current finding about it
     worst_kind: str | None
+    compute: "ComputeUsage | None" = None  # what its processes compute, when watch samples it
+
+
+@dataclass(frozen=True)
+class ComputeUsage:
+    """What one sandbox's processes compute (watch samples it from cgroup v2 `cpu.stat`, or the processes' own
+    /proc counters, and NVML for GPUs), attributed through the network namespace the processes are in."""
+
+    cpu_cores: float  # CPU seconds per second of wall time over the last ~10 s (1.0 = one core kept busy)
+    cpu_limit_cores: float  # the cgroup's quota (cpu.max) in cores, else the host's core count
+    busy_for_s: float  # how long cpu_cores has stayed at or above the busy threshold without a break
+    source: str  # "cgroup:/path" or "processes:N" (no cgroup of its own: the namespace's processes summed)
+    processes: int  # processes in the sandbox's network namespace
+    gpu_percent: float | None = None  # NVML utilisation of the GPUs its processes use (None: no GPU seen)
+    gpu_memory_bytes: int | None = None
+
+    @property
+    def cpu_share(self) -> float:
+        """cpu_cores as a share of the limit (0..1)."""
+        return self.cpu_cores / self.cpu_limit_cores if self.cpu_limit_cores > 0 else 0.0
+
+    def evidence(self) -> dict:
+        """The JSON object findings carry as `compute`."""
+        out = {"cpu_cores": round(self.cpu_cores, 2), "cpu_limit_cores": round(self.cpu_limit_cores, 2),
+               "cpu_share": round(self.cpu_share, 3), "busy_for_s": round(self.busy_for_s, 1),
+               "source": self.source, "processes": self.processes}
+        if self.gpu_percent is not None:
+            out["gpu_percent"] = round(self.gpu_percent, 1)
+            out["gpu_memory_bytes"] = self.gpu_memory_bytes
+        return out
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,17 @@ def test_flow_records_carry_ja4(tmp_path):
     by_port = {r["src_port"]: r.get("ja4") for r in flows if r["proto"] == "tcp" and r.get("ja4")}
     assert by_port == _expected_tcp_ja4()["ssh2.pcapng"]
     assert not any("ja4" in r for r in flows if r["dst_port"] == 22 or r["proto"] != "tcp")
+
+
+@pytest.mark.public
+@pytest.mark.parametrize("fingerprints", [True, False])
+def test_ja4_is_computed_only_for_runs_that_write_flow_records(fingerprints):
+    capture = FOXIO / "pcap" / "ssh2.pcapng"
+    if not capture.exists():
+        pytest.skip(f"public capture not found: {capture}")
+    annotated = set()
+    for event in Analyzer(Settings(fingerprints=fingerprints)).analyze(str(capture)):
+        if isinstance(event, FlowsReady):
+            annotated |= {int(event.view.records["orig_port"][row]) for row, values in
+                          event.result.annotations.items() if "ja4" in values}
+    assert annotated == (set(_expected_tcp_ja4()["ssh2.pcapng"]) if fingerprints else set())

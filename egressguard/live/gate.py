@@ -27,8 +27,10 @@ class FindingGate:
         self._last: OrderedDict[tuple, tuple[float, int, float]] = OrderedDict()  # key -> (time, severity, score)
 
     def admit(self, finding: Finding, now_s: float) -> bool:
-        key = finding_key(finding)
-        severity, score = int(finding.severity), float(finding.score)
+        return self.admit_key(finding_key(finding), int(finding.severity), float(finding.score), now_s)
+
+    def admit_key(self, key: tuple, severity: int, score: float, now_s: float) -> bool:
+        """admit() for a finding known by its key (a worker process's finding, in `watch --workers`)."""
         last = self._last.get(key)
         if last is not None:
             at, sev, sc = last

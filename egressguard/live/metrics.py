@@ -84,18 +84,29 @@ class MonitorCollector(Collector):
                  "Frames the kernel dropped because egressguard read too slowly (PACKET_STATISTICS tp_drops).",
                  "kernel_drops"),
             ]
+            per_worker = any(iface.worker is not None for iface in view.interfaces)  # watch --workers N
             for name, doc, attr in per_interface:
-                family = CounterMetricFamily(name, doc, labels=["interface"])
+                family = CounterMetricFamily(name, doc, labels=["interface", "worker"] if per_worker else ["interface"])
                 for iface in view.interfaces:
-                    self._counter(name, doc, getattr(iface, attr), {"interface": iface.name}, family)
+                    labels = {"interface": iface.name}
+                    if per_worker:
+                        labels["worker"] = str(iface.worker)
+                    self._counter(name, doc, getattr(iface, attr), labels, family)
                 yield family
             up = GaugeMetricFamily("egressguard_interface_up", "1 when the interface exists and is up.",
-                                   labels=["interface"])
+                                   labels=["interface", "worker"] if per_worker else ["interface"])
             for iface in view.interfaces:
-                up.add_metric([iface.name], 1.0 if iface.up else 0.0)
+                up.add_metric([iface.name] + ([str(iface.worker)] if per_worker else []), 1.0 if iface.up else 0.0)
             yield up
             yield GaugeMetricFamily("egressguard_flows_active", "Open flows in the flow table at the last round.",
                                     value=view.active_flows)
+            cpu = GaugeMetricFamily("egressguard_sandbox_cpu_cores", "CPU cores a sandbox's processes kept busy "
+                                    "over the last ~10 s (cgroup v2 cpu.stat or /proc; watch --compute).",
+                                    labels=["sandbox"])
+            for box in view.sandboxes:
+                if box.compute is not None:
+                    cpu.add_metric([box.name], box.compute.cpu_cores)
+            yield cpu
             yield self._counter("egressguard_flows_finished_total", "Flows that ended and went through the detectors.",
                                 view.finished_flows)
             yield self._counter("egressguard_flow_evictions_total",
@@ -125,6 +136,13 @@ class MonitorCollector(Collector):
                              ("payload_slots", monitor.engine.table.slot_denied)):
             self._counter("egressguard_bounded_out_total", "", value, {"bound": bound}, bounds)
         yield bounds
+        restarts = getattr(monitor, "restarts", None)  # watch --workers N: the worker pool
+        if restarts is not None:
+            family = CounterMetricFamily("egressguard_worker_restarts_total",
+                                         "Worker processes that died and were started again.", labels=["worker"])
+            for w, count in enumerate(restarts):
+                self._counter("egressguard_worker_restarts_total", "", count, {"worker": str(w)}, family)
+            yield family
         hook = self.hook
         yield self._counter("egressguard_hook_runs_total", "Runs of the --on-finding command.",
                             hook.runs if hook is not None else 0)

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Protocol
 from egressguard.capture import Chunk
 from egressguard.detect import BatchResult, DetectorContext
 from egressguard.engine import Engine, FlowsReady, Settings, SourceFacts
+from egressguard.live.evidence_keeper import EvidenceKeeper
 from egressguard.live.gate import FindingGate, finding_key
 from egressguard.live.sandboxes import NEW_DESTINATIONS_PER_CALL, RateMeter, SandboxBook
 from egressguard.netaddr import endpoint, format_mac
@@ -54,6 +55,7 @@ class WatchSettings:
     max_sandboxes: int = 4096  # per-sandbox rows kept (the least active are dropped first)
     max_destinations: int = 100_000  # (sandbox, destination) pairs remembered to tell new destinations
     recent_destinations: int = 50
+    compute_every_s: float = 2.0  # each sandbox's CPU/GPU use is sampled this often (when the context samples it)
 
 
 class LiveMonitor:
@@ -66,10 +68,12 @@ class LiveMonitor:
         emit: called for every finding the gate lets through.
         settings: timers and bounds.
         clock: ns wall clock (tests pass their own).
+        evidence: keeps recent frames and writes a pcap of each finding let out (`watch --evidence`).
     """
 
     def __init__(self, source: LiveSource, ctx: DetectorContext, emit: Callable[[dict], None],
-                 settings: WatchSettings = WatchSettings(), clock: Callable[[], int] = time.time_ns):
+                 settings: WatchSettings = WatchSettings(), clock: Callable[[], int] = time.time_ns,
+                 evidence: EvidenceKeeper | None = None):
         self.source = source
         self.ctx = ctx
         self.rules = ctx.rules
@@ -77,6 +81,7 @@ class LiveMonitor:
         self.emit = emit
         self.settings = settings
         self.clock = clock
+        self.evidence = evidence
         self.name = "live:" + ",".join(source.interfaces)
         self.engine = Engine(settings.pipeline, ctx)
         self.engine.start(self.name)
@@ -101,6 +106,8 @@ class LiveMonitor:
         self._last_window_ns = 0
         self.window_skipped = 0  # open flows left out of aggregating detectors' rounds (more than WINDOW_FLOWS)
         self.done = False
+        if ctx.compute is not None and hasattr(ctx.compute, "gpu_status"):
+            self.note(ctx.compute.gpu_status)
         self._refresh_view()
 
     @property
@@ -110,6 +117,8 @@ class LiveMonitor:
     def warm_up(self) -> None:
         """Compile or load every kernel and import every module now (see Engine.warm_up)."""
         self.engine.warm_up()
+        if self.evidence is not None:
+            self.evidence.warm_up()
         self._refresh_view()
 
     # ---- operator actions
@@ -138,9 +147,16 @@ class LiveMonitor:
         the detectors, so nothing pending is lost, and return the run's summary."""
         s = self.settings
         last_sweep = last_judge = last_view = 0
+        sampler = self.ctx.compute if hasattr(self.ctx.compute, "start") else None
+        if sampler is not None:
+            sampler.start(s.compute_every_s)
         try:
             for chunk in self.source.chunks(timeout_s=min(0.2, s.sweep_every_s)):
-                for event in self.engine.feed(chunk):
+                packets = None
+                if self.evidence is not None:  # the frames are kept before a finding may ask for them
+                    packets = self.engine.decode(chunk) if len(chunk.frames) else None
+                    self.evidence.feed(chunk, packets, self.clock())
+                for event in self.engine.feed(chunk, packets):
                     self._finished_batch(event)
                 now = self.clock()
                 if now - last_sweep >= s.sweep_every_s * 1e9:
@@ -166,6 +182,10 @@ class LiveMonitor:
                     self._finished_batch(event)
                 self._refresh_view()
             finally:
+                if self.evidence is not None:
+                    self.evidence.close()
+                if sampler is not None:
+                    sampler.stop()
                 self.done = True
         return self.summary()
 
@@ -217,6 +237,8 @@ class LiveMonitor:
                 self.emitted += 1
                 kind_severity = (str(finding.kind), Severity(finding.severity).label())
                 self.reported[kind_severity] = self.reported.get(kind_severity, 0) + 1
+                if self.evidence is not None:
+                    self.evidence.start(finding, record)
                 self.emit(record)
 
     def _record(self, finding: Finding) -> dict:
@@ -232,6 +254,9 @@ class LiveMonitor:
         record["interface"] = self.source.interfaces[iface] if iface < len(self.source.interfaces) else None
         record["sandbox_port"] = self._port(mac, record["interface"])
         self.book.set_port(key, record["sandbox_port"])
+        usage = self.ctx.compute.usage(key, mac) if self.ctx.compute is not None else None
+        if usage is not None:
+            record["compute"] = usage.evidence()  # what the sandbox computed when the finding was made
         return record
 
     def _port(self, mac: int, interface: str | None) -> str | None:
@@ -269,7 +294,9 @@ class LiveMonitor:
                 box.port = self._port(box.mac, None)
             sandboxes.append(SandboxView(name, box.address, mac, box.port, box.flows + box.open_flows,
                                          box.bytes_out + box.open_bytes_out, box.destinations, box.worst,
-                                         box.worst_kind))
+                                         box.worst_kind,
+                                         self.ctx.compute.usage(key, box.mac) if self.ctx.compute is not None
+                                         else None))
         sandboxes.sort(key=lambda v: (-(int(v.worst) if v.worst else 0), -v.bytes_out, v.address))
         names_of = {key: rules.sandbox_name(key, box.mac) or box.address for key, box in self.book.items()}
         recent = []
@@ -313,6 +340,8 @@ class LiveMonitor:
         if self.window_skipped:
             out.append(f"{self.window_skipped} open DNS/echo flows were left out of tunnel rounds (more than "
                        f"{WINDOW_FLOWS} at once)")
+        if self.evidence is not None:
+            out.extend(self.evidence.bounds_hit())
         return tuple(out)
 
 

@@ -181,7 +181,8 @@ def _interface_row(view: InterfaceView) -> list[Text]:
     bps = view.bps_history[-1] if view.bps_history else 0.0
     state = _line(("up", "green") if view.up else ("down", "bold red"))
     drops = _line((f"{view.kernel_drops:,}", "bold red" if view.kernel_drops else ""))
-    return [_line(_wire(view.name, 40)), state, drops, _line(_si(pps)), _line(_si(bps)),
+    name = view.name if view.worker is None else f"{view.name} w{view.worker}"  # watch --workers: one row each
+    return [_line(_wire(name, 40)), state, drops, _line(_si(pps)), _line(_si(bps)),
             _line((sparkline(view.pps_history), "green")), _line(f"{view.packets:,}")]
 
 
@@ -281,16 +282,27 @@ def _sandbox_row(view: SandboxView) -> list[Text]:
         label = Severity(view.worst).label()
         worst = _line((label, SEVERITY_STYLE[label]), f" {_wire(view.worst_kind, 40)}" if view.worst_kind else "")
     return [_line(_wire(view.name, 40)), _line(_wire(view.address, 45)), _line(_wire(view.port or "-", 20)), worst,
-            _line(_human_bytes(view.bytes_out)), _line(f"{view.flows:,}"), _line(f"{view.destinations:,}")]
+            _compute_cell(view), _line(_human_bytes(view.bytes_out)), _line(f"{view.flows:,}"),
+            _line(f"{view.destinations:,}")]
+
+
+def _compute_cell(view: SandboxView) -> Text:
+    """CPU cores in use out of the sandbox's limit (GPU % when its processes use one); red while busy."""
+    c = view.compute
+    if c is None:
+        return _line(("-", "dim"))
+    text = f"{c.cpu_cores:.1f}/{c.cpu_limit_cores:.0f}" + (f" gpu {c.gpu_percent:.0f}%" if c.gpu_percent else "")
+    return _line((text, "bold red" if c.busy_for_s > 0 else ""))
 
 
 def render_sandboxes(snapshot: LiveSnapshot, lines: int | None = None) -> Group:
-    """Sandboxes in the engine's order (worst finding first): name, address, bridge port, worst finding, traffic."""
+    """Sandboxes in the engine's order (worst finding first): name, address, bridge port, worst finding, CPU cores
+    in use of its limit (watch samples them), traffic."""
     views = snapshot.sandboxes
     shown, hidden = _split(len(views), lines, 2, MAX_SANDBOXES)
     table = FittedTable((Column("sandbox"), Column("address", drop_rank=3), Column("port", drop_rank=1),
-                         Column("worst finding"), Column("bytes out", "right", 2), Column("flows", "right", 4),
-                         Column("destinations", "right", 5)))
+                         Column("worst finding"), Column("cpu", "right", 4), Column("bytes out", "right", 2),
+                         Column("flows", "right", 5), Column("destinations", "right", 6)))
     table.rows += [_sandbox_row(view) for view in views[:shown]]
     empty = [_line(("  no sandbox traffic yet", "dim"))] if not views else []
     return _section(f"Sandboxes ({len(views):,})", table, empty, _more(hidden, "sandboxes"))
