@@ -245,6 +245,12 @@ class FindingKind(enum.StrEnum):
     RESOURCE_ACQUISITION = "resource_acquisition"  # billing, provisioning, payment, exchange or wallet endpoints
 
 
+def copy_record(rec: np.void) -> np.void:
+    """A copy of one structured record made through its bytes: numpy copies a record of FLOW_DTYPE (59 fields) field
+    by field in about 20 us, this in about 2 us, and detectors copy one for every finding and remembered flow."""
+    return np.frombuffer(bytearray(rec.tobytes()), rec.dtype)[0]
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing an operator must see, with the evidence that supports it.

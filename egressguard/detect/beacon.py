@@ -39,7 +39,7 @@ from egressguard.flows import burst_bytes
 from egressguard.flows.conversation import BURST_INTERVAL_EDGES_MS
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, endpoint
-from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, proto_name
+from egressguard.schema import FLOW_DTYPE, EndReason, Finding, FindingKind, FlowFlag, copy_record, proto_name
 
 # (protocol, responder port) pairs that poll by design; NTP only with NTP-sized packets (see NTP_MAX_PAYLOAD)
 EXEMPT_SERVICES = frozenset({(6, 53), (17, 53), (17, 67), (17, 68), (17, 137), (17, 138), (17, 1900), (17, 5353)})
@@ -434,7 +434,7 @@ def _store(arr: np.ndarray, i: int, value: int) -> None:
 
 
 def _record(rec: np.void, first_ns: int) -> np.void:
-    out = rec.copy()
+    out = copy_record(rec)
     out["first_seen_ns"] = first_ns
     return out
 

@@ -20,7 +20,7 @@ from egressguard.detect.egress_findings import SCORE, Reason
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, endpoint, halves, parse_address
 from egressguard.policy.allowlist import Allowlist, FlowContext
-from egressguard.schema import Finding, FindingKind, Severity, proto_name
+from egressguard.schema import Finding, FindingKind, Severity, copy_record, proto_name
 
 MAX_GROUPS = 500  # findings of their own per capture (egress.Params.max_findings)
 
@@ -69,7 +69,7 @@ class CarrierTargets:
                 if group is None:
                     if len(self._groups) >= MAX_GROUPS:
                         continue
-                    group = self._groups[key] = _Group(rec.copy(), reason, severity, flow.chain, target, why,
+                    group = self._groups[key] = _Group(copy_record(rec), reason, severity, flow.chain, target, why,
                                                        first_ns=int(rec["first_seen_ns"]), deny_rule=deny_rule)
                 group.flows += 1
                 group.bytes += int(rec["orig_bytes"]) + int(rec["resp_bytes"])

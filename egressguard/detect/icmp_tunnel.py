@@ -26,7 +26,7 @@ import numpy as np
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode
 from egressguard.flows.view import FlowView
 from egressguard.netaddr import address_text, endpoint
-from egressguard.schema import AppTag, Finding, FindingKind, Severity
+from egressguard.schema import AppTag, Finding, FindingKind, Severity, copy_record
 
 ECHO_REQUEST = {1: 8, 58: 128}  # ICMP type 8 (RFC 792), ICMPv6 type 128 (RFC 4443)
 ECHO_REPLY = {1: 0, 58: 129}
@@ -276,7 +276,7 @@ def _finding(rec: np.void, f: EchoFacts, severity: Severity, reasons: list[str],
         "size_max": f.size_max, "ptunnel": f.magic or None, "inner_ip": f.inner_ip or None,
         "mismatched_replies": f.mismatched, "replies_read": f.replies_read, "unpatterned_requests": f.unpatterned,
         "requests_read": f.requests_read, "changed_share": round(f.changed, 3), "reasons": reasons}}
-    return Finding(FindingKind.ICMP_TUNNEL, severity, score, (first, *reasons), rec.copy(), capture, details)
+    return Finding(FindingKind.ICMP_TUNNEL, severity, score, (first, *reasons), copy_record(rec), capture, details)
 
 
 __all__ = ["EchoFacts", "IcmpTunnelDetector", "Params", "echo_facts"]

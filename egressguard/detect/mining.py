@@ -34,7 +34,7 @@ from egressguard.payload.signatures import HTTP_METHODS, starts_with
 from egressguard.payload.tls import parse_client_hello
 from egressguard.payload.websocket import websocket_streams
 from egressguard.policy.pools import PoolDomain
-from egressguard.schema import FLOW_DTYPE, AppTag, Finding, FindingKind, FlowFlag, Severity
+from egressguard.schema import FLOW_DTYPE, AppTag, Finding, FindingKind, FlowFlag, Severity, copy_record
 
 ORIG, RESP = 0, 1
 _IPV4_MAPPED = 0xFFFF << 32
@@ -642,7 +642,7 @@ class MiningDetector:
             return
         live = ring["first_seen_ns"] > 0
         for i in np.flatnonzero(live & (_member(ring["resp_lo"], pools) | _member(ring["orig_lo"], pools))).tolist():
-            rec = ring[i].copy()
+            rec = copy_record(ring[i])
             ring[i]["first_seen_ns"] = 0
             client, server = _roles(rec, None)
             if (int(rec[server + "_hi"]), int(rec[server + "_lo"])) not in self._watch:
@@ -909,7 +909,7 @@ class MiningDetector:
         ordered = sorted(sig.parts, key=lambda part: -part[1])
         result.findings.append(Finding(
             kind=FindingKind.MINING, severity=sig.severity, score=sig.score,
-            evidence=tuple(text for _, _, text in ordered), flow=rec.copy(), capture=self._capture,
+            evidence=tuple(text for _, _, text in ordered), flow=copy_record(rec), capture=self._capture,
             details={"mining": mining}))
 
 

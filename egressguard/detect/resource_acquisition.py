@@ -27,7 +27,7 @@ from egressguard.netaddr import address_text, endpoint
 from egressguard.payload.dns_table import name_text, unique_names
 from egressguard.payload.signatures import starts_with
 from egressguard.policy.acquisition import Endpoint
-from egressguard.schema import AppTag, Finding, FindingKind, Severity
+from egressguard.schema import AppTag, Finding, FindingKind, Severity, copy_record
 
 ORIG = 0
 # JSON-RPC methods that move funds, unlock a wallet or export a key (critical), from the Ethereum execution API
@@ -224,7 +224,7 @@ class ResourceAcquisitionDetector:
         result.findings.append(Finding(
             kind=FindingKind.RESOURCE_ACQUISITION, severity=hit.severity,
             score=noisy_or(w for w, _ in hit.parts), evidence=tuple(text for _, text in hit.parts),
-            flow=rec.copy(), capture=self._capture,
+            flow=copy_record(rec), capture=self._capture,
             details={"category": category, "acquisition": acquisition},
             subject=f"{category}:{hit.name or (hit.methods[0] if hit.methods else '')}"))
 

@@ -18,7 +18,7 @@ import numpy as np
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
 from egressguard.flows.view import FlowView
 from egressguard.payload.websocket import websocket_streams
-from egressguard.schema import AppTag, Finding, FindingKind, FlowFlag, Severity
+from egressguard.schema import AppTag, Finding, FindingKind, FlowFlag, Severity, copy_record
 
 ORIG, RESP = 0, 1
 WRAPPED_TAGS = AppTag.TLS | AppTag.WEBSOCKET | AppTag.HTTP_CONNECT | AppTag.SOCKS4 | AppTag.SOCKS5 | \
@@ -412,7 +412,7 @@ class ReverseShellDetector:
         if carrier:
             evidence.append(f"carrier: {carrier}")
         return Finding(kind=FindingKind.REVERSE_SHELL, severity=severity, score=round(score, 3),
-                       evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
+                       evidence=tuple(evidence), flow=copy_record(rec), capture=self._capture,
                        details={"reverse_shell": details})
 
 

@@ -9,6 +9,7 @@ starts handshakes inside the connection, which side only acknowledges.
 from __future__ import annotations
 
 import enum
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from egressguard.flows.table import Conversation
 from egressguard.flows.view import CarrierFlow, FlowView
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
 from egressguard.payload.websocket import websocket_streams
-from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity
+from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity, copy_record
 
 ORIG, RESP = 0, 1
 
@@ -393,7 +394,7 @@ class SshTunnelDetector:
                 # SSH that a proxy hides is a tunnel out of the sandbox whatever it carries
                 verdict = Verdict(SshUse.TUNNEL, 0.7, (hidden,) + verdict.evidence, TunnelUse.FORWARD)
         if int(rec["end_reason"]) in _CUT_SHORT:
-            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, rec.copy()))
+            self._remember(rec, _Remembered(hs, verdict.use, float(rec["first_seen_ns"]) / 1e9, copy_record(rec)))
         login = post_auth(hs, sizes) if carrier is None or carried is not None else None
         self._report(rec, row, hs, verdict, result, login, carried)
 
@@ -439,7 +440,7 @@ class SshTunnelDetector:
         kind = FindingKind.REVERSE_SSH_TUNNEL if use is SshUse.REVERSE_TUNNEL else FindingKind.SSH_TUNNEL
         result.findings.append(Finding(
             kind=kind, severity=Severity.HIGH if score >= 0.8 else Severity.MEDIUM, score=score,
-            evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
+            evidence=tuple(evidence), flow=copy_record(rec), capture=self._capture,
             details={"ssh": ssh_info, "ssh_use": str(use)}))
 
     def _expected(self, rec: np.void, use: str) -> str | None:
@@ -507,7 +508,7 @@ class SshTunnelDetector:
         kind = FindingKind.REVERSE_SSH_TUNNEL if verdict.use is SshUse.REVERSE_TUNNEL else FindingKind.SSH_TUNNEL
         result.findings.append(Finding(
             kind=kind, severity=_severity(verdict.use, score, len(verdict.evidence)), score=round(score, 3),
-            evidence=tuple(evidence), flow=rec.copy(), capture=self._capture,
+            evidence=tuple(evidence), flow=copy_record(rec), capture=self._capture,
             details={"ssh": ssh_info, "ssh_use": str(verdict.use)}))
 
 
@@ -549,8 +550,10 @@ SOFTWARE_PREFIXES = (("OpenSSH_", "OpenSSH"), ("dropbear_", "Dropbear"), ("dropb
                      ("RomSShell", "RomSShell"), ("ROSSSH", "MikroTik"), ("Sun_SSH", "Sun SSH"))
 
 
+@functools.lru_cache(maxsize=4096)
 def software(banner: str | None) -> str | None:
-    """The implementation an SSH identification string names ("OpenSSH 9.2p1"), or its raw software field."""
+    """The implementation an SSH identification string names ("OpenSSH 9.2p1"), or its raw software field (once per
+    distinct banner: a fleet sends the same few again and again)."""
     if not banner or not banner.startswith("SSH-"):
         return None
     field = banner.split("-", 2)[2] if banner.count("-") >= 2 else ""
