@@ -524,12 +524,16 @@ def scenario_main(argv: list[str] | None, description: str, names: list[str], de
 
 
 def main(argv: list[str] | None = None) -> int:
-    return scenario_main(argv, __doc__.split("\n\n")[0], sorted(SCENARIOS), Path(__file__).resolve().parent)
+    return scenario_main(argv, __doc__.split("\n\n")[0], list(OWN_SCENARIOS), Path(__file__).resolve().parent)
 
 
 import lab_mining  # noqa: E402,F401  (mining scenarios: registers them here, also when lab.py runs as the program)
 import lab_egress  # noqa: E402,F401  (egress-policy scenario, registered the same way)
 import lab_tunnels  # noqa: E402,F401  (DNS and ICMP tunnel scenarios and their benign counterparts)
+
+# the scenarios of this folder (captures/): other lab modules (lab_ssh, lab_carriers, ...) register theirs in
+# SCENARIOS as well when imported, but record into folders of their own
+OWN_SCENARIOS = tuple(sorted(SCENARIOS))
 
 if __name__ == "__main__":
     sys.exit(main())
