@@ -240,7 +240,7 @@ FINDING_WITHIN_S = 10.0  # from the operator's first Enter to the finding on std
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="watch needs raw sockets and the test creates namespaces: root")
 @pytest.mark.skipif(bool(LIVE_NEEDS), reason=f"missing tools: {', '.join(LIVE_NEEDS)}")
-def test_live_bash_devtcp_shell_is_reported_within_seconds_and_runs_the_hook(tmp_path, lab_scenarios_restored):
+def test_live_bash_devtcp_shell_is_reported_within_seconds_and_runs_the_hook(tmp_path):
     sys.path.insert(0, str(LAB_CAPTURES))
     import lab
     import lab_shells
