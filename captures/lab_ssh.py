@@ -336,6 +336,7 @@ def dropbear_server(lab_: Lab, ports: tuple[int, ...], *extra: str) -> Iterator[
     """Real dropbear on the outside host. It reads root's ~/.ssh/authorized_keys and has no option for another
     file, so the lab's folder is bound over /root/.ssh for this process only (BIND_EXEC)."""
     k = keys(lab_)
+    os.makedirs("/root/.ssh", mode=0o700, exist_ok=True)  # the bind below needs its mount point
     argv = [_program("dropbear") or "dropbear", "-F", "-E", "-s", "-m", "-r", str(k.dropbear_host),
             "-P", str(lab_.workdir / "dropbear.pid"), *extra]
     for port in ports:
