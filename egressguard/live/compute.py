@@ -34,7 +34,6 @@ class _Namespace:
     addresses: tuple[int, ...] = ()
     macs: tuple[int, ...] = ()  # its interfaces' MACs, where its processes have a sysfs of their own
     addresses_at: float = -1e18
-    last_at: float | None = None  # when its counters were last read
     sampled_at: float | None = None  # when its rate was last computed (two reads apart)
     cores: float = 0.0
     limit: float = 0.0
@@ -212,7 +211,7 @@ class ComputeSampler:
         ns.source = "+".join(sources)
         ns.processes = len(pids)
         ns.limit = min(limit, self.host_cores) if limit > 0 else self.host_cores
-        previous, ns.last_at = ns.last_at, now_s
+        previous = ns.history[-1][0] if ns.history else None  # when its counters were last read
         ns.used_s += max(total, 0.0)
         ns.history.append((now_s, ns.used_s))
         while len(ns.history) > 2 and now_s - ns.history[1][0] >= RATE_WINDOW_S:
