@@ -84,3 +84,16 @@ def test_ssh_inside_tls_never_claimed_for_ordinary_tls():
                 checked += 1
                 assert ssh_inside_tls(sizes.tolist(), (micros / 1e6).tolist()) is None, (path.name, row)
     assert checked >= 20
+
+
+@pytest.mark.parametrize("name,traits", [
+    ("tls-reverse-pull.pcap", ["an IP address as server name (198.18.0.5)", "no ALPN", "JA4 t13"]),
+    ("tls-forward.pcap", ["server name edge.lab-proxy.example", "no ALPN", "JA4 t13"]),
+])
+def test_ssh_inside_tls_names_the_clients_tls_traits(name, traits):
+    """nDPI's signs of TLS not carrying HTTPS (no ALPN, an address as server name) and the JA4 of the client
+    (issue 12 point 3) are evidence of SSH hidden in TLS."""
+    findings = [f for flows in _ssh_findings(name).values() for _, _, f in flows]
+    assert findings
+    hidden = [e for e in findings[0].evidence if e.startswith("inside TLS")]
+    assert hidden and all(t in hidden[0] for t in traits), hidden

@@ -170,3 +170,32 @@ def test_ja4_is_computed_only_for_runs_that_write_flow_records(fingerprints):
             annotated |= {int(event.view.records["orig_port"][row]) for row, values in
                           event.result.annotations.items() if "ja4" in values}
     assert annotated == (set(_expected_tcp_ja4()["ssh2.pcapng"]) if fingerprints else set())
+
+
+# ---- the ClientHello's traits in words (payload/tls.hello_traits), as evidence of TLS carrying something else
+
+def _openssl_hello(server_name, alpn=None):
+    from egressbuilders import client_hello
+    from egressguard.payload.tls import parse_client_hello
+    return parse_client_hello(client_hello(server_name, alpn))
+
+
+def test_hello_traits_name_what_a_non_web_client_leaves_out():
+    from egressguard.payload.tls import hello_traits
+    bare = hello_traits(_openssl_hello(None), 9443, "t13i181000_85036bcba153_d41ae481755e")
+    assert bare == ("no server name, no ALPN, port 9443, not an HTTPS port, "
+                    "JA4 t13i181000_85036bcba153_d41ae481755e")
+    from egressguard.payload.tls import parse_client_hello
+    # Python's ssl sends no SNI for an address (RFC 6066 3); ncat --ssl and socat's snihost do
+    literal = hello_traits(parse_client_hello(build_hello(SPEC_CIPHERS, [0x0000, 0x002B], sni="198.18.0.5")), 443)
+    assert literal.startswith("an IP address as server name (198.18.0.5), no ALPN")
+    assert "port" not in literal and "JA4" not in literal
+
+
+def test_hello_traits_of_a_browser_like_hello_say_nothing_odd():
+    from egressguard.payload.tls import hello_traits
+    web = hello_traits(_openssl_hello("pkg.example", ["h2", "http/1.1"]), 8443)
+    assert web == "server name pkg.example, ALPN h2,http/1.1"
+    other = hello_traits(_openssl_hello("mqtt.example", ["mqtt"]), 8883)
+    assert other == "server name mqtt.example, ALPN mqtt (no web protocol), port 8883, not an HTTPS port"
+    assert hello_traits(None, 443) == "no server name, no ALPN"

@@ -31,7 +31,7 @@ from egressguard.payload.suffixes import SuffixSet
 from egressguard.payload.stratum import (Family, StratumSession, Sv2Handshake, http_messages, json_messages,
                                          parse_coinhive_session, parse_json_session, parse_session, sv2_handshake)
 from egressguard.payload.signatures import HTTP_METHODS, starts_with
-from egressguard.payload.tls import parse_client_hello
+from egressguard.payload.tls import WEB_ALPN, hello_traits, parse_client_hello
 from egressguard.payload.websocket import websocket_streams
 from egressguard.policy.pools import PoolDomain
 from egressguard.schema import FLOW_DTYPE, AppTag, Finding, FindingKind, FlowFlag, Severity, copy_record
@@ -212,9 +212,6 @@ def cesnet_score(rec: np.void) -> tuple[int, list[str]]:
         score += 3
         parts.append(f"active {duration:.0f} s (+3)")
     return score, parts
-
-
-WEB_ALPN = frozenset({"h2", "http/1.1", "http/1.0", "h3", "spdy/3.1"})
 
 
 def tls_pool_rhythm(sizes: list[int], times_s: list[float], p: "Params") -> tuple | None:
@@ -733,10 +730,9 @@ class MiningDetector:
         sig.carrier = sig.carrier or "tls"  # the records' sizes are read through TLS, as for SSH inside TLS
         sig.behaviour = {"pool_pushes": pushes, "push_record_bytes": push_size, "push_interval_median_s": push_gap,
                          "submits": submits, "submit_record_bytes": submit_size, "ack_record_bytes": ack_size}
-        name = "no server name" if hello is None or not hello.sni else f"server name {hello.sni}"
-        alpn = "no ALPN" if hello is None or not hello.alpn else "ALPN " + ",".join(hello.alpn)
+        traits = hello_traits(hello, int(view.records[row]["resp_port"]), view.ja4_of(row))
         sig.add("M5", p.w_push,
-                f"inside TLS ({name}, {alpn}) the remote side pushed {pushes} records of {push_size} B unasked "
+                f"inside TLS ({traits}) the remote side pushed {pushes} records of {push_size} B unasked "
                 f"every {push_gap:.1f} s while the sandbox side sent {submits} records of {submit_size} B, each "
                 f"answered at once by {ack_size} B: a pool's jobs and a miner's acknowledged shares, read from "
                 f"record sizes and timing alone", Severity.MEDIUM)

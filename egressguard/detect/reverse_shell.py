@@ -17,6 +17,7 @@ import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, noisy_or
 from egressguard.flows.view import FlowView
+from egressguard.payload.tls import hello_traits, parse_client_hello
 from egressguard.payload.websocket import websocket_streams
 from egressguard.schema import AppTag, Finding, FindingKind, FlowFlag, Severity, copy_record
 
@@ -342,7 +343,7 @@ class ReverseShellDetector:
     def _judge(self, view: FlowView, row: int, tags: int) -> Finding | None:
         p = self.params
         orig, resp = view.kept_stream(row, ORIG), view.kept_stream(row, RESP)
-        carrier = None
+        carrier = tls_client = None
         carried = view.carriers.get(row)
         if carried is not None:  # CONNECT, SOCKS, PROXY protocol, WebSocket: peeled by payload/carriers.py
             orig, resp = carried.inner
@@ -360,6 +361,7 @@ class ReverseShellDetector:
                 orig, resp = inner
         elif tags & AppTag.TLS:
             carrier = "tls"
+            tls_client = hello_traits(parse_client_hello(orig), int(view.records[row]["resp_port"]), view.ja4_of(row))
         elif tags & (AppTag.SOCKS4 | AppTag.SOCKS5):
             carrier = "socks"
         elif tags & (AppTag.PROXY_V1 | AppTag.PROXY_V2):
@@ -369,7 +371,7 @@ class ReverseShellDetector:
         typed = shape.keystrokes >= p.min_typed_keys
         text = None if tags & AppTag.TLS else recognise(orig, resp, p.min_plain_weight, typed)
         rec = view.records[row]
-        details = {"carrier": carrier, "remote_led_bursts": shape.led_remote, "sandbox_led_bursts": shape.led_sandbox,
+        details = {"carrier": carrier, "tls_client": tls_client, "remote_led_bursts": shape.led_remote, "sandbox_led_bursts": shape.led_sandbox,
                    "median_remote_bytes": median(shape.asks) if shape.asks else None,
                    "median_sandbox_bytes": median(shape.answers) if shape.answers else None,
                    "median_command_gap_s": round(median(shape.lead_gaps), 3) if shape.lead_gaps else None,
@@ -410,7 +412,7 @@ class ReverseShellDetector:
             severity = Severity.HIGH if score >= 0.85 else Severity.MEDIUM
             details.update(evidence="shape", first_command=None, first_prompt=None)
         if carrier:
-            evidence.append(f"carrier: {carrier}")
+            evidence.append(f"carrier: {carrier}" + (f" ({tls_client})" if tls_client else ""))
         return Finding(kind=FindingKind.REVERSE_SHELL, severity=severity, score=round(score, 3),
                        evidence=tuple(evidence), flow=copy_record(rec), capture=self._capture,
                        details={"reverse_shell": details})

@@ -20,6 +20,7 @@ from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_openin
 from egressguard.flows.table import Conversation
 from egressguard.flows.view import CarrierFlow, FlowView
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
+from egressguard.payload.tls import hello_traits, parse_client_hello
 from egressguard.payload.websocket import websocket_streams
 from egressguard.schema import AppTag, EndReason, Finding, FindingKind, FlowFlag, Severity, copy_record
 
@@ -408,8 +409,9 @@ class SshTunnelDetector:
         overhead, op = found
         rec = view.records[row]
         names = view.server_names.get(row)
-        where = f" (server name {names[0]})" if names else ""
-        hidden = (f"inside TLS{where}, records {overhead} B larger than what they carry show an SSH banner "
+        traits = hello_traits(parse_client_hello(view.kept_stream(row, ORIG)), int(rec["resp_port"]),
+                              view.ja4_of(row))
+        hidden = (f"inside TLS ({traits}), records {overhead} B larger than what they carry show an SSH banner "
                   f"exchange, key exchange and a login under a common cipher suite: SSH hidden in TLS")
         server_opens = [o for o in op.opens if not o.by_client and o.kind == "tcp"]
         client_opens = [o for o in op.opens if o.by_client and o.kind == "tcp"]

@@ -279,5 +279,10 @@ class FlowView:
         found = {row: hello_ja4(self.kept_stream(row, ORIG)) for row in rows.tolist()}
         return {row: value for row, value in found.items() if value is not None}
 
+    def ja4_of(self, row: int) -> str | None:
+        """JA4 of one row, without fingerprinting the whole batch when the batch's were not asked for."""
+        known = self.__dict__.get("ja4")
+        return known.get(row) if known is not None else hello_ja4(self.kept_stream(row, ORIG))
+
 
 __all__ = ["BatchCarriers", "BatchDns", "CarrierFlow", "FlowView", "ServerNames", "SOURCE_HOST", "SOURCE_SNI"]

@@ -7,6 +7,7 @@ that need the server name of every TLS flow of a batch. Strings from the wire ar
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -107,6 +108,42 @@ def _alpn(data: bytes) -> tuple[str, ...]:
         out.append(data[pos + 1:pos + 1 + n].decode("ascii", "backslashreplace"))
         pos += 1 + n
     return tuple(out[:16])
+
+
+HTTPS_PORTS = frozenset({443, 8443})  # IANA "https" and its registered alternate "pcsync-https"/"https-alt"
+WEB_ALPN = frozenset({"h2", "http/1.1", "http/1.0", "h3", "spdy/3.1"})  # IANA TLS ALPN protocol IDs of the web
+
+
+def hello_traits(hello: ClientHello | None, port: int, ja4: str | None = None) -> str:
+    """What a ClientHello says about its client, in words for evidence: server name (missing, or an IP address
+    where a name belongs), ALPN (none, or no web protocol), a port that is not HTTPS's, and the JA4 fingerprint.
+    The signs nDPI gives for "TLS (probably) not carrying HTTPS"."""
+    parts = []
+    if hello is None or not hello.sni:
+        parts.append("no server name")
+    elif _is_address(hello.sni):
+        parts.append(f"an IP address as server name ({hello.sni})")
+    else:
+        parts.append(f"server name {hello.sni}")
+    if hello is None or not hello.alpn:
+        parts.append("no ALPN")
+    elif not any(a.lower() in WEB_ALPN for a in hello.alpn):
+        parts.append("ALPN " + ",".join(hello.alpn) + " (no web protocol)")
+    else:
+        parts.append("ALPN " + ",".join(hello.alpn))
+    if port not in HTTPS_PORTS:
+        parts.append(f"port {port}, not an HTTPS port")
+    if ja4:
+        parts.append(f"JA4 {ja4}")
+    return ", ".join(parts)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 MAX_EXTENSIONS = 48  # walked per hello before handing the rest to the Python parser
