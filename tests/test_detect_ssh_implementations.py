@@ -16,18 +16,6 @@ from egressguard.schema import AppTag
 
 FOLDER = LAB_CAPTURES / "ssh-implementations"
 TUNNEL_KINDS = {"reverse_ssh_tunnel", "ssh_tunnel"}
-# Known gaps, each with its reason; strict: the test fails when one starts to pass, so the list stays true
-KNOWN_GAPS = {
-    "dropbear-reverse-parked-443.pcap": "zlib compression from the first packet: no request size can be read, and a "
-                                        "parked -R looks like a parked -L or a finished command",
-    "openssh-reverse-http-compressed.pcap": "zlib@openssh.com: the pulls look like an upload from the sandbox",
-    "dropbear-local-forward.pcap": "compressed: the direct-tcpip opens cannot be told by size",
-    "dropbear-multihop-jump.pcap": "compressed: the nested handshake is squeezed below the bulk size",
-    "sshuttle-vpn.pcap": "sshuttle runs its VPN inside a session channel: requests from the sandbox answered in "
-                         "bulk, like a git fetch",
-}
-
-
 def _rows():
     with (FOLDER / "labels.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -60,14 +48,8 @@ def _labelled(row):
     return _verdicts(FOLDER / row["file"]).get((row["client"], ip, int(port)), [])
 
 
-def _param(row):
-    marks = ()
-    if row["file"] in KNOWN_GAPS:
-        marks = pytest.mark.xfail(reason=KNOWN_GAPS[row["file"]], strict=True)
-    return pytest.param(row, id=row["file"], marks=marks)
-
-
-@pytest.mark.parametrize("row", [_param(r) for r in _rows() if r["class"] == "reverse_ssh_tunnel"])
+@pytest.mark.parametrize("row", [r for r in _rows() if r["class"] == "reverse_ssh_tunnel"],
+                         ids=lambda r: r["file"])
 def test_reverse_tunnel_found_whatever_it_carries(row):
     verdicts = _labelled(row)
     assert verdicts, "no SSH flow on the labelled server"
@@ -81,7 +63,8 @@ def test_reverse_tunnel_found_whatever_it_carries(row):
                                          "remote side sent"))
 
 
-@pytest.mark.parametrize("row", [_param(r) for r in _rows() if r["class"] == "ssh_tunnel_other"])
+@pytest.mark.parametrize("row", [r for r in _rows() if r["class"] == "ssh_tunnel_other"],
+                         ids=lambda r: r["file"])
 def test_forward_tunnel_found(row):
     verdicts = _labelled(row)
     assert verdicts, "no SSH flow on the labelled server"

@@ -44,6 +44,8 @@ PROBE_MAX = 64  # payload of the largest request a success cannot answer ("none"
 BULK_SEGMENT = 1400  # a segment this large is data (full-sized TCP segments are ~1448 B): the login is over
 SANDBOX_REPLY_S = 0.05  # the sandbox side's program confirms a channel within this (measured: under 5 ms)
 ANSWER_GAP_S = 0.2  # a pause that ends one side's answer
+ZLIB_SLACK = 12  # bytes zlib@openssh.com can add to a short message: the stream header once, then a partial flush's
+# empty stored block per packet (RFC 1950 2.2, RFC 1951 3.2.4; OpenSSH packet.c compress_buffer)
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,16 @@ def read_opening(hs: SshHandshake | None, sizes: list[int], times_s: list[float]
         return Opening(model, inferred, compressed, False if failed else None, None, None, False, False, (), None,
                        False)
     after = list(range(success_at + 1, len(seq)))
-    forward, reply = (None, None) if compressed else _forward_request(model, seq, after)
-    nms = not compressed and model.size(NO_MORE_SESSIONS) != model.size(SESSION_OPEN) and any(
+    if compressed:
+        hostkeys = hs is not None and "OpenSSH" in (hs.server.banner or "")
+        forward, reply, session, opens = _shape_reading(model, seq, times_s, success_at, after, hostkeys)
+        return Opening(model, inferred, compressed, True, forward, reply, False, session, opens,
+                       times_s[success_at], _quiet_after(model, seq, times_s, after, compressed))
+    forward, reply = _forward_request(model, seq, after)
+    nms = model.size(NO_MORE_SESSIONS) != model.size(SESSION_OPEN) and any(
         seq[k] == model.size(NO_MORE_SESSIONS) for k in _client(seq, after)[:3])
-    session = not compressed and _session_first(model, seq, times_s, after)
-    opens = () if compressed else _channel_opens(model, seq, times_s, after)
+    session = _session_first(model, seq, times_s, after)
+    opens = _channel_opens(model, seq, times_s, after)
     if session and forward is None:  # channels on a session's connection are the session's data: not opens
         opens = tuple(o for o in opens if o.kind == "session")
     return Opening(model, inferred, compressed, True, forward, reply, nms, session, opens, times_s[success_at],
@@ -238,6 +245,55 @@ def _channel_opens(model: RecordModel, seq: list[int], times_s: list[float], aft
     return tuple(out)
 
 
+def _shape_reading(model: RecordModel, seq: list[int], times_s: list[float], success_at: int, after: list[int],
+                   hostkeys: bool) -> tuple[int | None, int | None, bool, tuple[ChannelOpen, ...]]:
+    """(forward request, its reply, session, channel opens) under compression, where sizes after the login say
+    little: read from order, direction and timing instead, with the capture point at the sandbox (the client).
+
+    The client's first word, sent within SANDBOX_REPLY_S of the login's success, is a program's: a session open
+    (the client goes on at once with its requests once the server confirms), a global request answered by a short
+    success and followed by nothing (ssh -R's 'tcpip-forward'), or a channel to a service that speaks first (the
+    server's answer is more than a confirmation: the banner of the host behind a jump, -J / -W). After the login,
+    every channel open is answered by a confirmation before the opener may send data (RFC 4254 5.1): an exchange
+    after a pause in which the remote side leads, the sandbox confirms within SANDBOX_REPLY_S and data follows is a
+    channel opened from outside (-R in use); one in which the sandbox leads and sends again within SANDBOX_REPLY_S
+    of the remote's short answer is a channel the sandbox opened (-L, -D). On a session's connection channels are
+    the session's data, so opens are only read when no session was opened."""
+    small = max(_sizes(model, (OPEN_CONFIRMATION + ZLIB_SLACK,)))  # a confirmation or a request-success
+    largest_open = max(_sizes(model, (TCP_OPEN_MAX + ZLIB_SLACK,)))
+    client = _client(seq, after)
+    forward = reply = None
+    opens: list[ChannelOpen] = []
+    first = client[0] if client and times_s[client[0]] - times_s[success_at] <= SANDBOX_REPLY_S else None
+    if first is not None:
+        words = [first]
+        while words[-1] + 1 < len(seq) and seq[words[-1] + 1] > 0 and \
+                times_s[words[-1] + 1] - times_s[first] <= SANDBOX_REPLY_S:
+            words.append(words[-1] + 1)
+        answers = _answer_burst(seq, times_s, after, words[-1])
+        sizes = [-seq[m] for m in answers]
+        if hostkeys and sizes and sizes[0] > small:
+            sizes = sizes[1:]  # sshd's unasked 'hostkeys-00@openssh.com' right after the login (OpenSSH PROTOCOL)
+        later = [k for k in client if answers and k > answers[-1]]
+        went_on = bool(later) and times_s[later[0]] - times_s[answers[-1]] <= SANDBOX_REPLY_S
+        if sum(sizes) > 2 * small * len(words) and went_on:  # more than a confirmation and one more short message
+            opens.append(ChannelOpen(True, seq[first], "tcp", times_s[first]))  # a service that speaks first
+        elif sizes and went_on:
+            return None, None, True, ()
+        elif sizes:
+            forward, reply = seq[first], sizes[0]
+    for n in range(len(after) - 2):
+        k, r, c = after[n], after[n + 1], after[n + 2]
+        if times_s[k] - times_s[after[n - 1] if n else success_at] < ANSWER_GAP_S or abs(seq[k]) > largest_open or \
+                (seq[k] > 0) == (seq[r] > 0) or times_s[c] - times_s[r] > ANSWER_GAP_S:
+            continue
+        if seq[k] < 0 and seq[r] <= 2 * small and times_s[r] - times_s[k] <= SANDBOX_REPLY_S:
+            opens.append(ChannelOpen(False, -seq[k], "tcp", times_s[k]))
+        elif seq[k] > 0 and seq[c] > 0 and times_s[c] - times_s[r] <= SANDBOX_REPLY_S:
+            opens.append(ChannelOpen(True, seq[k], "tcp", times_s[k]))
+    return forward, reply, False, tuple(opens)
+
+
 def _quiet_after(model: RecordModel, seq: list[int], times_s: list[float], after: list[int],
                  compressed: bool) -> bool:
     """After the login's own exchange (up to the first second of silence), only keepalive-sized packets follow, or
@@ -249,6 +305,76 @@ def _quiet_after(model: RecordModel, seq: list[int], times_s: list[float], after
             break
     small = model.size(CHANNEL_KEEPALIVE) + (2 * model.block if compressed else 0)
     return all(abs(seq[k]) <= small for k in later)
+
+
+@dataclass(frozen=True)
+class ShippedAgent:
+    """A session whose command was sent a program to run before it answered, and which then served requests: the
+    shape of sshuttle (its assembler and zlib-compressed modules go down the session's stdin, then its mux carries
+    the sandbox's connections) and of other agents that make an SSH session into a VPN."""
+
+    shipped: int  # bytes the client sent right after the login, before the server answered with data
+    served: int  # later exchanges: a pause, a short message from the client, a bulk answer from the server
+    asked: int  # median bytes the client sent to open such an exchange
+    answered: int  # median bytes the server answered with
+
+
+SHIPPED_MIN = 8192  # a program sent to the far side: sshuttle's bootstrap is ~17 KB (sshuttle ssh.py: assembler.py
+# plus its zlib-compressed modules on stdin)
+SHIPPED_WITHIN_S = 1.0  # ... by a program, right after the login (a person pasting cannot be this quick)
+SERVER_BEFORE_MAX = 2048  # what the server may send before the shipment: replies and OpenSSH's host keys, no data
+LEAD_MAX_BYTES = 600  # a short request: a mux frame and a connection's first bytes
+SERVED_MIN_BYTES = 1024  # a bulk answer: at least this, and ANSWER_RATIO times the request
+ANSWER_RATIO = 4  # as flows/conversation.py's answered bursts
+SERVED_MIN = 2
+
+
+def shipped_agent(sizes: list[int], times_s: list[float], op: Opening | None,
+                  client_is_orig: bool = True) -> ShippedAgent | None:
+    """Read a shipped agent from the early payload sequence (signed +orig / -resp) of a connection whose first
+    act after the login was a session; None when the shape is not there."""
+    if op is None or not op.session or op.login_at is None:
+        return None
+    sign = 1 if client_is_orig else -1
+    seq = [sign * x for x in sizes]
+    start = next((k for k, t in enumerate(times_s) if t > op.login_at), None)
+    if start is None:
+        return None
+    server_before = shipped = 0
+    k = start
+    while k < len(seq) and times_s[k] - op.login_at <= SHIPPED_WITHIN_S:
+        if seq[k] > 0:
+            shipped += seq[k]
+        elif shipped >= SHIPPED_MIN:
+            break  # the far side's first answer after the shipment
+        else:
+            server_before -= seq[k]
+            if server_before > SERVER_BEFORE_MAX:
+                return None
+        k += 1
+    if shipped < SHIPPED_MIN:
+        return None
+    asked, answered = [], []
+    n = len(seq)
+    while k < n:
+        if k == 0 or times_s[k] - times_s[k - 1] < ANSWER_GAP_S or seq[k] < 0:
+            k += 1
+            continue
+        lead, m = 0, k
+        while m < n and seq[m] > 0 and (m == k or times_s[m] - times_s[m - 1] < ANSWER_GAP_S):
+            lead += seq[m]
+            m += 1
+        answer = 0
+        while m < n and times_s[m] - times_s[m - 1] < ANSWER_GAP_S:
+            answer += -seq[m] if seq[m] < 0 else 0
+            m += 1
+        if lead <= LEAD_MAX_BYTES and answer >= max(SERVED_MIN_BYTES, ANSWER_RATIO * lead):
+            asked.append(lead)
+            answered.append(answer)
+        k = max(m, k + 1)
+    if len(asked) < SERVED_MIN:
+        return None
+    return ShippedAgent(shipped, len(asked), sorted(asked)[len(asked) // 2], sorted(answered)[len(answered) // 2])
 
 
 # Bytes a TLS record adds to what it carries (RFC 8446 5.2: 5-byte header, 1-byte inner type, 16-byte AEAD tag;
@@ -295,4 +421,5 @@ def _banners(sizes: list[int]) -> int | None:
     return None
 
 
-__all__ = ["ChannelOpen", "Opening", "TLS_RECORD_OVERHEADS", "read_opening", "ssh_inside_tls"]
+__all__ = ["ChannelOpen", "Opening", "ShippedAgent", "TLS_RECORD_OVERHEADS", "read_opening", "shipped_agent",
+           "ssh_inside_tls"]

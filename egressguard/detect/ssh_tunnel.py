@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressguard.detect.base import BatchResult, DetectorContext, LiveMode, allow_match, noisy_or
-from egressguard.detect.ssh_opening import SANDBOX_REPLY_S, Opening, read_opening, ssh_inside_tls
+from egressguard.detect.ssh_opening import (SANDBOX_REPLY_S, Opening, ShippedAgent, read_opening, shipped_agent,
+                                           ssh_inside_tls)
 from egressguard.flows.table import Conversation
 from egressguard.flows.view import CarrierFlow, FlowView
 from egressguard.payload.ssh import PostAuth, SshHandshake, parse_handshake, post_auth
@@ -97,6 +98,7 @@ class SshSignals:
     login: PostAuth
     opening: Opening | None = None  # the login and the first requests after it (ssh_opening.py)
     framed: bool = False  # carried in WebSocket frames: the conversation was measured on the frames' sizes
+    agent: ShippedAgent | None = None  # a program shipped down the session, then serving requests (sshuttle)
 
 
 def _echo_count(conv: Conversation, leader: int, sizes: set[int]) -> int:
@@ -114,6 +116,7 @@ def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: lis
         plain = sizes
     else:
         plain = {k1} - k2
+    opening = read_opening(hs, early_sizes, early_times_s) if early_times_s is not None else None
     pp = conv.pingpongs[ORIG]
     mean = conv.pingpong_interval_mean[ORIG]
     cv = conv.pingpong_interval_sd[ORIG] / mean if mean > 0 else float("inf")
@@ -128,8 +131,8 @@ def measure(hs: SshHandshake, conv: Conversation, rec: np.void, early_sizes: lis
         bytes_fwd=int(rec["orig_payload_bytes"]), bytes_rev=int(rec["resp_payload_bytes"]),
         answered_fwd=conv.answered[ORIG], answered_rev=conv.answered[RESP],
         login=post_auth(hs, early_sizes),
-        opening=read_opening(hs, early_sizes, early_times_s) if early_times_s is not None else None,
-        framed=framed,
+        opening=opening, framed=framed,
+        agent=shipped_agent(early_sizes, early_times_s, opening, hs.client_is_orig) if opening is not None else None,
     )
 
 
@@ -148,7 +151,12 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if not hs.client_is_orig:
         rev.append((0.95, "the side that opened the TCP connection answered as the SSH server (it sent the "
                           "key-exchange reply): a reverse connection, the outside host drives a shell on this side"))
-    if op is not None and op.forward_request is not None:
+    if op is not None and op.forward_request is not None and op.compressed:
+        rev.append((0.75, f"right after login the sandbox side made one request ({op.forward_request} B) that the "
+                          f"server granted with a short success ({op.forward_reply} B), and opened no session: "
+                          f"compression hides what a request is, but by its place and answer it is a "
+                          f"'tcpip-forward' asking the server to listen and forward connections back (ssh -R)"))
+    elif op is not None and op.forward_request is not None:
         reply = (f", which the server granted (a {op.forward_reply} B request-success)" if op.forward_reply
                  else "")
         rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
@@ -157,7 +165,12 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
         rev.append((0.75, f"right after login the sandbox side asked the server to listen and forward connections "
                           f"back to it (a {sig.login.forward_request} B 'tcpip-forward' request: ssh -R)"))
     server_opens = [o for o in op.opens if not o.by_client and o.kind == "tcp"] if op is not None else []
-    if server_opens:
+    if server_opens and op.compressed:
+        rev.append((0.85, f"{len(server_opens)} time(s), after a pause, the remote side sent a short message that the "
+                          f"sandbox side answered within {int(1000 * SANDBOX_REPLY_S)} ms before data followed: the "
+                          f"order of a channel opened from outside and confirmed by a program in the sandbox "
+                          f"(compression hides the sizes): connections from outside carried into the sandbox"))
+    elif server_opens:
         sizes = "/".join(sorted({str(o.size) for o in server_opens}))
         rev.append((0.85, f"the remote side opened {len(server_opens)} channel(s) of a forwarded connection's size "
                           f"({sizes} B) that the sandbox side confirmed within "
@@ -201,7 +214,14 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
 
     fwd: list[tuple[float, str]] = []
     client_opens = [o for o in op.opens if o.by_client and o.kind == "tcp"] if op is not None else []
-    if client_opens and not op.session:
+    if client_opens and not op.session and op.compressed:
+        fwd.append((0.8, f"with no shell session, {len(client_opens)} time(s) the sandbox side opened an exchange "
+                         f"that the server answered briefly and the sandbox side went on within "
+                         f"{int(1000 * SANDBOX_REPLY_S)} ms, or the server answered with more than a confirmation "
+                         f"(a service that speaks first, as SSH behind a jump host): the order of channels opened "
+                         f"from the sandbox (compression hides the sizes): connections carried out through SSH "
+                         f"(-L, -D or -J)"))
+    elif client_opens and not op.session:
         sizes = "/".join(sorted({str(o.size) for o in client_opens}))
         fwd.append((0.8, f"with no shell session, the sandbox side opened {len(client_opens)} channel(s) of a "
                          f"forwarded connection's size ({sizes} B) that the server confirmed: connections from the "
@@ -214,6 +234,13 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
     if sig.nested_fwd:
         fwd.append((0.7, f"{sig.nested_fwd} time(s) the sandbox side opened a burst with a bulk exchange in both "
                          f"directions: a new connection started inside the SSH connection (-L, -D or -J)"))
+    agent = sig.agent
+    if agent is not None and sig.echo_fwd < p.min_echo_pairs:
+        fwd.append((0.7, f"right after the login the sandbox side sent {agent.shipped} B down its session before the "
+                         f"server answered with data (a program shipped to run on the far side, as sshuttle does), "
+                         f"then {agent.served} times, after a pause, a short message (median {agent.asked} B) "
+                         f"answered in bulk (median {agent.answered} B): connections carried through that program, "
+                         f"a VPN over SSH"))
     if fwd:
         return Verdict(SshUse.TUNNEL, _combine(fwd), tuple(text for _, text in fwd), TunnelUse.FORWARD)
     total = sig.bytes_fwd + sig.bytes_rev
