@@ -1258,6 +1258,112 @@ def ssh2_command(lab_: Lab) -> list[Label]:
              "(defaults), 2 commands with output (two connections), port 8022")]
 
 
+# ============================================================= compression: the sizes after the login say little
+# zlib@openssh.com (dbclient's default, ssh -C) compresses every message after the login, so the tunnel's requests
+# and channel opens have no predictable size: these scenarios are read by order, direction and timing alone, each
+# rule with two implementations, and with compressed sessions that must not be taken for tunnels.
+@ssh_scenario("dbclient", "dropbearconvert")
+def dropbear_reverse_pull_compressed(lab_: Lab) -> list[Label]:
+    """dbclient -N -R (its default compression) to OpenSSH sshd on 2022; the outside pulls pages and a file."""
+    with openssh_server(lab_, lab_.out, (2022,)), sandbox_web(lab_), \
+            tunnel(lab_, dbclient_cmd(lab_, "-N", "-p", "2022", "-R", "9000:127.0.0.1:8000", f"root@{OUTSIDE_IP}"),
+                   forward_port=9000):
+        pull_files(lab_, 9000, list(SMALL_FILES)[3:9] + list(BIG_FILE), seed=31)
+    return [(SANDBOX_IP, out(2022), REVERSE, f"{impl('dropbear')} dbclient -N -R -> OpenSSH sshd, <suite> (defaults), "
+             "files pulled: 6 pages and one 800 KiB file fetched over HTTP from the sandbox, port 2022")]
+
+
+@ssh_scenario("dropbear", "dropbearconvert")
+def openssh_reverse_parked_compressed(lab_: Lab) -> list[Label]:
+    """ssh -C -N -R with ServerAliveInterval 4 to dropbear on 8443, then only keepalives for 25 s (parked)."""
+    with dropbear_server(lab_, (8443,)), \
+            tunnel(lab_, ssh_cmd(lab_, "-C", "-N", "-o", "ServerAliveInterval=4", "-p", "8443", "-R",
+                                 "2222:127.0.0.1:22", f"root@{OUTSIDE_IP}"), forward_port=2222):
+        time.sleep(25)
+    return [(SANDBOX_IP, out(8443), REVERSE, f"{impl('openssh')} ssh -C -N -R -> {impl('dropbear')} server, <suite> "
+             "(-C -o ServerAliveInterval=4), parked: tcpip-forward then keepalives only for 25 s, port 8443")]
+
+
+@ssh_scenario("dropbear", "dropbearconvert")
+def openssh_local_forward_compressed(lab_: Lab) -> list[Label]:
+    """ssh -C -N -L to dropbear on 8022; seven page fetches through it, a pause before each."""
+    with dropbear_server(lab_, (8022,)), outside_web(lab_, SMALL_FILES, bind="127.0.0.1"), \
+            tunnel(lab_, ssh_cmd(lab_, "-C", "-N", "-p", "8022", "-L", "8081:127.0.0.1:8080", f"root@{OUTSIDE_IP}"),
+                   local_port=8081):
+        run(lab_, lab_.sbx, [PY, "-c", PULL, "127.0.0.1", "8081", "23", *list(SMALL_FILES)[2:9]])
+    return [(SANDBOX_IP, out(8022), FORWARD, f"{impl('openssh')} ssh -C -N -L -> {impl('dropbear')} server, <suite> "
+             "(-C), -L: 7 HTTP page fetches through the forward, port 8022")]
+
+
+@ssh_scenario()
+def openssh_jump_compressed(lab_: Lab) -> list[Label]:
+    """ssh through a compressed jump (ProxyCommand ssh -C -W) via sshd on 2222 to a second sshd; two commands."""
+    with openssh_server(lab_, lab_.out, (2222,)), openssh_server(lab_, lab_.out, (2201,), listen="127.0.0.1",
+                                                                 name="target"):
+        jump = " ".join(ssh_cmd(lab_, "-C", "-W", "%h:%p", "-p", "2222", f"root@{OUTSIDE_IP}"))
+        for cmd in ("uname -a; uptime", "ls -la /etc | head -40"):
+            run(lab_, lab_.sbx, ssh_cmd(lab_, "-o", f"ProxyCommand={jump}", "-p", "2201", "root@127.0.0.1", cmd))
+            time.sleep(0.8)
+    return [(SANDBOX_IP, out(2222), FORWARD, f"{impl('openssh')} ssh -C -W (a ProxyCommand jump) -> OpenSSH sshd as "
+             "jump host -> a second sshd behind it, <suite> (-C) outside, 2 commands run through the jump (nested "
+             "SSH, two connections), port 2222")]
+
+
+@ssh_scenario("sshuttle", "iptables", "dropbear", "dropbearconvert")
+def sshuttle_vpn_compressed(lab_: Lab) -> list[Label]:
+    """sshuttle over ssh -C (aes128-ctr, hmac-sha2-256) to dropbear on 2200; fetches and a download behind it."""
+    lab_.run(lab_.out, "ip", "addr", "add", f"{SSHUTTLE_TARGET}/32", "dev", "lo")
+    ssh = " ".join(ssh_cmd(lab_, "-C", "-c", "aes128-ctr", "-o", "MACs=hmac-sha2-256"))
+    with dropbear_server(lab_, (2200,)), outside_web(lab_, {**SMALL_FILES, **BIG_FILE}), \
+            tunnel(lab_, ["sshuttle", "--method", "nat", "--disable-ipv6", "-e", ssh, "-r",
+                          f"root@{OUTSIDE_IP}:2200", f"{SSHUTTLE_TARGET}/32"], ready_text="Connected to server",
+                   settle=1.0):
+        run(lab_, lab_.sbx, [PY, "-c", PULL, SSHUTTLE_TARGET, "8080", "33", *list(SMALL_FILES)[4:10],
+                             *list(BIG_FILE)])
+    return [(SANDBOX_IP, out(2200), FORWARD, f"sshuttle {version('sshuttle')} (OpenSSH {version('openssh')} ssh -C) -> "
+             f"{impl('dropbear')} server running sshuttle's python server, <suite> (-C -c aes128-ctr -o "
+             f"MACs=hmac-sha2-256), sshuttle VPN (nat method): 6 HTTP fetches and an 800 KiB download to "
+             f"{SSHUTTLE_TARGET} through the mux, port 2200")]
+
+
+@ssh_scenario("dbclient", "dropbear", "dropbearconvert")
+def dropbear_interactive_keepalive(lab_: Lab) -> list[Label]:
+    """An interactive dbclient session (compressed, keepalives every 3 s) to dropbear on 22; one command a 12 s sleep."""
+    with dropbear_server(lab_, (22,)):
+        lab.type_into(lab_, lab_.sbx, dbclient_cmd(lab_, "-t", "-K", "3", f"root@{OUTSIDE_IP}"),
+                      ["id\r", "sleep 12\r", "ls /etc | head\r", "exit\r"], seed=41)
+    return [(SANDBOX_IP, out(22), INTERACTIVE, f"{impl('dropbear')} dbclient -t -K 3 -> {impl('dropbear')} server, "
+             "<suite> (defaults), interactive shell: 4 commands typed with human timing, one a 12 s sleep (only "
+             "keepalives cross meanwhile), port 22")]
+
+
+@ssh_scenario()
+def openssh_interactive_compressed(lab_: Lab) -> list[Label]:
+    """ssh -C -tt with ServerAliveInterval 3 to sshd on 443: commands typed, one of them a 12 s sleep."""
+    with openssh_server(lab_, lab_.out, (443,)):
+        lab.type_into(lab_, lab_.sbx, ssh_cmd(lab_, "-C", "-tt", "-o", "ServerAliveInterval=3", "-p", "443",
+                                              OUTSIDE_IP), ["uname -a\r", "sleep 12\r", "df -h /\r", "exit\r"],
+                      seed=42)
+    return [(SANDBOX_IP, out(443), INTERACTIVE, f"{impl('openssh')} ssh -C -tt -> OpenSSH sshd, <suite> (-C -o "
+             "ServerAliveInterval=3), interactive shell: 4 commands typed with human timing, one a 12 s sleep, "
+             "port 443")]
+
+
+@ssh_scenario("sftp")
+def sftp_compressed_paced(lab_: Lab) -> list[Label]:
+    """OpenSSH sftp -C typed by a person to sshd on 2200: ls, get, put, get, each after reading the last."""
+    remote = _remote_dir(lab_)
+    for name, size in (("a.bin", 180 * 1024), ("b.bin", 90 * 1024)):
+        (remote / name).write_bytes(random.Random(size).randbytes(size))
+    src = _payload(lab_, "up.bin", 120 * 1024)
+    with openssh_server(lab_, lab_.out, (2200,)):
+        lab.type_into(lab_, lab_.sbx, ssh_cmd(lab_, "-C", "-P", "2200", OUTSIDE_IP, program="sftp"),
+                      [f"cd {remote}\r", "ls -l\r", f"get a.bin {lab_.workdir}/a.bin\r", f"put {src}\r",
+                       f"get b.bin {lab_.workdir}/b.bin\r", "bye\r"], seed=43)
+    return [(SANDBOX_IP, out(2200), TRANSFER, f"{impl('openssh')} sftp -C -> OpenSSH sshd, <suite> (-C), typed by a "
+             "person: ls, get 180 KiB, put 120 KiB, get 90 KiB, each after a pause, port 2200")]
+
+
 # ----------------------------------------------------------------------------------------------- recording
 @contextlib.contextmanager
 def recording(lab_: Lab, path: Path) -> Iterator[dict]:

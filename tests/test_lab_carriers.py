@@ -1,21 +1,22 @@
 """The carrier lab (captures/lab_carriers.py), run for real (root only): every scenario records a capture in which
-each labelled (client, server) flow is present and carries a real conversation, and the sandbox talks only to the
-hosts it may reach (its proxy host and the web host; the tunnel and pool targets stay behind the relays).
-
-Detection is not asserted: the carrier detectors of issue 12 do not exist yet.
+each labelled (client, server) flow is present and carries a real conversation, the sandbox talks only to the
+hosts it may reach (its proxy host and the web host; the tunnel and pool targets stay behind the relays), and the
+detectors classify the fresh recordings as labelled: every carrier case as its kind, nothing on the negatives.
 """
 import csv
 import functools
 import importlib.util
 import os
+import shutil
 import sys
 from collections import defaultdict
 
 import pytest
 
-from conftest import LAB_CAPTURES, lab_scenarios_restored, missing_tools
+from conftest import LAB_CAPTURES, REPO, lab_scenarios_restored, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 TOOLS = ("ip", "tcpdump", "ssh", "ssh-keygen", "sshd", "scp", "sftp", "squid", "tinyproxy", "corkscrew",
          "proxytunnel", "danted", "nc", "ncat", "stunnel4", "socat", "websockify", "haproxy", "nginx", "proxychains4",
@@ -125,3 +126,16 @@ def test_positive_scenarios_have_substantial_tunnels(recorded):
             assert sum(f["dst_pkts"] for f in match) >= 6, (row["file"], packets)
         else:
             assert packets >= 60, (row["file"], packets)
+
+
+def test_fresh_recordings_are_classified_as_labelled(recorded):
+    """The detectors judged on captures made in this run, with this run's timing and sizes, not only on the ones kept
+    in captures/carriers: each tunnel and pool through each carrier found as its kind, each proxy target the rules
+    do not allow reported, and no finding on the ordinary traffic through the same relays."""
+    import evaluate
+
+    folder, _ = recorded
+    shutil.copy(LAB_CAPTURES / "carriers" / "rules.toml", folder)  # the policy the labels assume
+    result = evaluate.evaluate([folder])
+    assert result["errors"] == [], result["errors"]
+    assert result["classes"]["reverse_ssh_tunnel"]["true_positive"] >= 10

@@ -2,20 +2,23 @@
 which each labelled (client, server) flow is present, was opened by the sandbox and carries a real, human-paced
 conversation; the sandbox talks only to the outside host (the listener behind the proxy stays behind it).
 
-Detection is not asserted: the `reverse_shell` detector of issue 14 does not exist yet.
+The detectors then judge the fresh recordings: every shell a `reverse_shell`, nothing on the line-protocol
+negatives.
 """
 import csv
 import glob
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
 
 import pytest
 
-from conftest import LAB_CAPTURES, lab_scenarios_restored, missing_tools
+from conftest import LAB_CAPTURES, REPO, lab_scenarios_restored, missing_tools
 
 sys.path.insert(0, str(LAB_CAPTURES))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 TOOLS = ("ip", "tcpdump", "ss", "unshare", "runuser", "bash", "dash", "socat", "ncat", "nc.openbsd", "nc.traditional",
          "wget", "curl", "openssl", "websockify", "tinyproxy", "swaks", "tnftp", "lftp", "ngircd", "irssi", "ii",
@@ -157,3 +160,16 @@ def test_captures_are_complete(recorded):
     for name in names:
         assert not _holes(folder / f"{name}.pcap"), name
 
+
+
+def test_fresh_recordings_are_classified_as_labelled(recorded):
+    """The detectors judged on shells typed in this run (their own timing, prompts and sizes), not only on the
+    captures kept in captures/reverse-shells: every shell found, plain or wrapped, and no finding on the sandbox's
+    own use of SMTP, FTP, IRC, Redis, psql, a WebSocket chat or long polling."""
+    import evaluate
+
+    folder, _ = recorded
+    shutil.copy(LAB_CAPTURES / "reverse-shells" / "rules.toml", folder)
+    result = evaluate.evaluate([folder])
+    assert result["errors"] == [], result["errors"]
+    assert result["classes"]["reverse_shell"]["true_positive"] >= 12

@@ -177,7 +177,13 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
                           f"{int(1000 * SANDBOX_REPLY_S)} ms: connections from outside carried into the sandbox"))
     # without a size model (unknown cipher, SSH-1) echoes of any small size are much weaker evidence
     min_echo = p.min_echo_pairs if sig.keystroke is not None else p.min_echo_pairs_unmodelled
-    echo_rev_ok = sig.echo_rev >= min_echo and sig.echo_rev >= p.echo_dominance * max(sig.echo_fwd, 1)
+    # Channels the sandbox opened (-L, -D), none from outside, no forward request: the server ends each with an EOF
+    # and a CLOSE that the client's CLOSE answers, packets of a keystroke's size under an AEAD suite (RFC 4254 5.3),
+    # so echo pairs led from outside are the channels' bookkeeping, not typing
+    forwarded_out = (op is not None and op.forward_request is None and not op.session and not server_opens
+                     and any(o.by_client and o.kind == "tcp" for o in op.opens))
+    echo_rev_ok = not forwarded_out and sig.echo_rev >= min_echo and \
+        sig.echo_rev >= p.echo_dominance * max(sig.echo_fwd, 1)
     if echo_rev_ok and sig.tunnel_echo_rev >= p.min_echo_pairs:
         sizes = "/".join(str(s) for s in sig.tunnel_keystrokes)
         rev.append((0.9, f"the remote side sent {sig.tunnel_echo_rev} packets of the size of a keystroke inside a "
@@ -249,7 +255,7 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
         way = "to" if sig.bytes_fwd > sig.bytes_rev else "from"
         return Verdict(SshUse.FILE_TRANSFER, 0.0, (f"{max(sig.bytes_fwd, sig.bytes_rev)} bytes {way} the remote side "
                                                    f"in bulk",))
-    if sig.echo_fwd >= p.min_echo_pairs and sig.keystroke is not None:
+    if sig.echo_fwd >= min_echo:  # without a size model (compression, an unknown cipher) only many echoes count
         return Verdict(SshUse.INTERACTIVE, 0.0, (f"{sig.echo_fwd} keystrokes from the sandbox side echoed by the "
                                                  f"remote side",))
     no_session = sig.login.no_session if op is None or op.auth_success is None else (
