@@ -3,10 +3,14 @@ sizes after the login say little, so the opening is read by order, direction and
 
 Sequences are signed payload sizes (+ client / - server) and seconds, as the capture point at the sandbox sees them:
 a reply from the sandbox's own program leaves within milliseconds, one from the remote side after a round trip."""
+import dataclasses
+
 import pytest
 
 from conftest import LAB_CAPTURES
-from egressguard.detect.ssh_opening import Opening, _shape_reading, shipped_agent
+from egressguard.detect.ssh_opening import Opening, ShippedAgent, _shape_reading, shipped_agent
+from egressguard.detect.ssh_tunnel import Params, SshUse, classify
+from test_detect_ssh import HS, _signals
 from egressguard.payload.ssh import record_model
 
 CHACHA = record_model("chacha20-poly1305@openssh.com", "")
@@ -126,3 +130,17 @@ def test_compressed_and_shipped_tunnels_say_how_they_were_read(name, kind, use, 
     assert found and {str(f.kind) for f in found} == {kind}
     assert {f.details["ssh"]["tunnel_use"] for f in found} == {use}
     assert all(any(says in e for e in f.evidence) for f in found), found[0].evidence
+
+
+def test_a_shipped_agent_survives_the_echoes_of_its_mux_but_not_typing():
+    """sshuttle's mux frames (64 B under ssh -C) and the far side's short answers pair up like keystrokes: a few such
+    pairs (4 in a CI recording) must not hide the agent when compression leaves no size model; as many as typing
+    makes do."""
+    agent = ShippedAgent(16496, 4, 64, 4592)
+    hs = dataclasses.replace(HS, compression="zlib@openssh.com")
+    mux = _signals(keystroke=None, echo_fwd=4, echo_rev=3, agent=agent, bytes_fwd=40_000, bytes_rev=900_000)
+    assert classify(hs, mux).use is SshUse.TUNNEL
+    typed = dataclasses.replace(mux, echo_fwd=Params().min_echo_pairs_unmodelled + 5)
+    assert classify(hs, typed).use is not SshUse.TUNNEL
+    modelled = dataclasses.replace(mux, keystroke=36, echo_fwd=Params().min_echo_pairs)
+    assert classify(HS, modelled).use is not SshUse.TUNNEL

@@ -241,7 +241,8 @@ def classify(hs: SshHandshake, sig: SshSignals, p: Params = Params()) -> Verdict
         fwd.append((0.7, f"{sig.nested_fwd} time(s) the sandbox side opened a burst with a bulk exchange in both "
                          f"directions: a new connection started inside the SSH connection (-L, -D or -J)"))
     agent = sig.agent
-    if agent is not None and sig.echo_fwd < p.min_echo_pairs:
+    # a mux's short frames and their answers pair up as echoes; only as many as typing makes rule out a VPN
+    if agent is not None and sig.echo_fwd < min_echo:
         fwd.append((0.7, f"right after the login the sandbox side sent {agent.shipped} B down its session before the "
                          f"server answered with data (a program shipped to run on the far side, as sshuttle does), "
                          f"then {agent.served} times, after a pause, a short message (median {agent.asked} B) "
