@@ -10,8 +10,8 @@ import pytest
 from conftest import LAB_CAPTURES
 from egressguard.detect.ssh_opening import Opening, ShippedAgent, _shape_reading, shipped_agent
 from egressguard.detect.ssh_tunnel import Params, SshUse, classify
-from test_detect_ssh import HS, _signals
 from egressguard.payload.ssh import record_model
+from test_detect_ssh import HS, _signals
 
 CHACHA = record_model("chacha20-poly1305@openssh.com", "")
 RTT = 0.03
